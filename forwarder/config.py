@@ -1,0 +1,378 @@
+"""The config.toml schema as msgspec Structs, `${VAR}` expansion, and errors with key paths."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+# Amplitude property paths a mapping or filter may name: a top-level event field, or a
+# property inside event_properties / user_properties.
+PROPERTY_PREFIXES = ("event_properties.", "user_properties.")
+
+FilterOp = Literal[
+    "is",
+    "is not",
+    "contains",
+    "does not contain",
+    "greater than",
+    "less than",
+    "is set",
+    "is not set",
+]
+# Ops that compare against `value`; the others test presence only.
+VALUE_OPS = frozenset({"is", "is not", "contains", "does not contain", "greater than", "less than"})
+
+
+class ConfigError(Exception):
+    """A config problem, said in one line that starts with the key path at fault."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for config sections: a misspelt key is an error, not a silent default."""
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    api_keys: list[str] = []
+    max_body_bytes: int = 20_000_000
+    # Amplitude's HTTP V2 API takes at most 2000 events per request (413 past it; the SDKs
+    # split and retry).
+    max_events_per_request: int = 2000
+    # Seconds a drain waits for in-flight work on SIGTERM before leaving the rest queued.
+    drain_timeout_seconds: float = 20.0
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class StorageConfig(_Section):
+    path: str = "var"
+    durability: Literal["journal", "memory"] = "journal"
+    # Profile cache entries kept in memory in front of SQLite.
+    profile_cache_size: int = 100_000
+    # Journal disk cap; past it ingest answers 429.
+    journal_max_bytes: int = 2_000_000_000
+
+
+class Filter(_Section):
+    field: str
+    op: FilterOp
+    value: Any = None
+
+
+class MappingsConfig(_Section):
+    email: str = "user_properties.email"
+    user_id: str | None = "user_id"
+    campaign_id: str | None = None
+    template_id: str | None = None
+    # Amplitude path -> Iterable dataFields name.
+    fields: dict[str, str] = {}
+    # Iterable needs an email by default; with false a userId alone identifies the user.
+    require_email: bool = True
+
+
+class EventsConfig(_Section):
+    enabled: bool = True
+    select: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    where: list[Filter] = []
+    event_properties: list[str] = []
+    user_properties: list[str] = []
+
+
+class UsersConfig(_Section):
+    enabled: bool = True
+    user_properties: list[str] = []
+    # users/bulkUpdate flags (RudderStack defaults both to true).
+    prefer_user_id: bool = True
+    merge_nested_objects: bool = True
+
+
+class LimitsConfig(_Section):
+    track_bulk_per_second: float = 10
+    bulk_update_per_second: float = 5
+    max_events_per_request: int = 8000
+    max_users_per_request: int = 1000
+    max_request_bytes: int = 4_000_000
+
+
+class DeliveryConfig(_Section):
+    # A partial batch goes out after this long, so low traffic still flows quickly.
+    linger_ms: int = 200
+    # Requests in flight at once per endpoint, retries included.
+    max_in_flight: int = 4
+    # Items queued for this sync (all users) before ingest answers 429.
+    max_queued_items: int = 500_000
+    max_queued_bytes: int = 512_000_000
+    request_timeout_seconds: float = 30.0
+    max_attempts: int = 8
+    max_retry_seconds: float = 300.0
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # After a 401/403 the sync pauses (items stay queued) and probes again this often.
+    auth_retry_seconds: float = 60.0
+    # Sending stays this fraction under the rate limits, so network jitter cannot push
+    # two requests into one of Iterable's one-second windows.
+    rate_headroom: float = 0.02
+
+
+class SyncConfig(_Section):
+    name: str
+    api_key: str
+    enabled: bool = True
+    region: Literal["us", "eu"] = "us"
+    base_url: str | None = None
+    mappings: MappingsConfig = msgspec.field(default_factory=MappingsConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    users: UsersConfig = msgspec.field(default_factory=UsersConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+
+    @property
+    def endpoint_base(self) -> str:
+        """The URL the bulk paths hang off, ending in a slash."""
+        if self.base_url:
+            base = self.base_url.rstrip("/")
+            return base + ("/" if base.endswith("/api") else "/api/")
+        if self.region == "eu":
+            return "https://api.eu.iterable.com/api/"
+        return "https://api.iterable.com/api/"
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    syncs: list[SyncConfig] = []
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, env: dict[str, str] | os._Environ[str], path: str = "") -> Any:
+    """Replace `${VAR}` (or `${VAR:-default}`) in every string; an unset VAR names its path."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = env.get(name)
+            if found:
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, _join(path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _from_validation_error(error: msgspec.ValidationError) -> ConfigError:
+    """Turn msgspec's "Expected `int`, got `str` - at `$.syncs[0].x`" into a key-path error."""
+    text = str(error)
+    match = _MSGSPEC_PATH.search(text)
+    path = match.group(1).lstrip(".") if match else ""
+    message = text[: match.start()] if match else text
+    message = message.replace("`", "")
+    if message.startswith("Object contains unknown field "):
+        field = message.removeprefix("Object contains unknown field ")
+        return ConfigError(_join(path, field), "unknown key")
+    if message.startswith("Object missing required field "):
+        field = message.removeprefix("Object missing required field ")
+        return ConfigError(_join(path, field), "required key is missing")
+    return ConfigError(path, message[0].lower() + message[1:] if message else "invalid value")
+
+
+def parse_config(raw: dict[str, Any], env: dict[str, str] | os._Environ[str] | None = None) -> Config:
+    """Decode and check a parsed TOML document; raise ConfigError naming the key path."""
+    expanded = expand_env(raw, os.environ if env is None else env)
+    try:
+        config = msgspec.convert(expanded, Config)
+    except msgspec.ValidationError as error:
+        raise _from_validation_error(error) from None
+    check_config(config)
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError("", f"cannot read {path}: {error.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError("", f"{path} is not valid TOML: {error}") from None
+    return parse_config(raw, env)
+
+
+def is_property_path(path: str) -> bool:
+    """True for `user_id`-style top-level fields and `event_properties.X` / `user_properties.X`."""
+    if not path or path != path.strip():
+        return False
+    for prefix in PROPERTY_PREFIXES:
+        if path.startswith(prefix):
+            return len(path) > len(prefix)
+    return "." not in path
+
+
+def check_config(config: Config) -> None:
+    """Rules a type cannot say: ranges, unique names, property paths, filter values."""
+    server = config.server
+    listen = server.listen
+    if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
+        raise ConfigError("server.listen", f"expected HOST:PORT, got {listen!r}")
+    if not 0 < server.port < 65536:
+        raise ConfigError("server.listen", f"port {server.port} is out of range")
+    if not server.api_keys:
+        raise ConfigError("server.api_keys", "at least one Amplitude API key is required")
+    for i, key in enumerate(server.api_keys):
+        if not key:
+            raise ConfigError(f"server.api_keys[{i}]", "is empty")
+    _positive(server.max_body_bytes, "server.max_body_bytes")
+    _positive(server.max_events_per_request, "server.max_events_per_request")
+    _positive(server.drain_timeout_seconds, "server.drain_timeout_seconds")
+    if not config.storage.path:
+        raise ConfigError("storage.path", "is empty")
+    _positive(config.storage.profile_cache_size, "storage.profile_cache_size")
+    _positive(config.storage.journal_max_bytes, "storage.journal_max_bytes")
+
+    names: set[str] = set()
+    for i, sync in enumerate(config.syncs):
+        at = f"syncs[{i}]"
+        if not sync.name or not re.fullmatch(r"[A-Za-z0-9_.-]+", sync.name):
+            raise ConfigError(f"{at}.name", "use letters, digits, '-', '_' or '.'")
+        if sync.name in names:
+            raise ConfigError(f"{at}.name", f"duplicate sync name {sync.name!r}")
+        names.add(sync.name)
+        if sync.enabled and not sync.api_key:
+            raise ConfigError(f"{at}.api_key", "is empty")
+        if sync.base_url is not None and not re.match(r"https?://[^/]+", sync.base_url):
+            raise ConfigError(f"{at}.base_url", "expected an http:// or https:// URL")
+        _check_mappings(sync.mappings, f"{at}.mappings")
+        _check_events(sync.events, f"{at}.events")
+        for j, name in enumerate(sync.users.user_properties):
+            _property_name(name, f"{at}.users.user_properties[{j}]")
+        _check_limits(sync.limits, f"{at}.limits")
+        _check_delivery(sync.delivery, f"{at}.delivery")
+
+
+def _check_mappings(mappings: MappingsConfig, at: str) -> None:
+    for key in ("email", "user_id", "campaign_id", "template_id"):
+        path = getattr(mappings, key)
+        if path is not None and not is_property_path(path):
+            raise ConfigError(f"{at}.{key}", f"not a property path: {path!r}")
+    for source, target in mappings.fields.items():
+        if not is_property_path(source):
+            raise ConfigError(f"{at}.fields.{source}", "not a property path")
+        if not target:
+            raise ConfigError(f"{at}.fields.{source}", "Iterable field name is empty")
+
+
+def _check_events(events: EventsConfig, at: str) -> None:
+    for j, event_type in enumerate(events.select):
+        if not event_type:
+            raise ConfigError(f"{at}.select[{j}]", "is empty")
+    for j, rule in enumerate(events.where):
+        if not is_property_path(rule.field):
+            raise ConfigError(f"{at}.where[{j}].field", f"not a property path: {rule.field!r}")
+        if rule.op in VALUE_OPS and rule.value is None:
+            raise ConfigError(f"{at}.where[{j}].value", f"op {rule.op!r} needs a value")
+        if rule.op in ("greater than", "less than") and (
+            isinstance(rule.value, bool) or not isinstance(rule.value, (int, float))
+        ):
+            raise ConfigError(f"{at}.where[{j}].value", f"op {rule.op!r} needs a number")
+    for j, name in enumerate(events.event_properties):
+        _property_name(name, f"{at}.event_properties[{j}]")
+    for j, name in enumerate(events.user_properties):
+        _property_name(name, f"{at}.user_properties[{j}]")
+
+
+def _property_name(name: str, at: str) -> None:
+    if not name:
+        raise ConfigError(at, "is empty")
+
+
+def _check_limits(limits: LimitsConfig, at: str) -> None:
+    for key in (
+        "track_bulk_per_second",
+        "bulk_update_per_second",
+        "max_events_per_request",
+        "max_users_per_request",
+        "max_request_bytes",
+    ):
+        _positive(getattr(limits, key), f"{at}.{key}")
+    if limits.max_request_bytes < 1024:
+        raise ConfigError(f"{at}.max_request_bytes", "must be at least 1024")
+
+
+def _check_delivery(delivery: DeliveryConfig, at: str) -> None:
+    for key in (
+        "max_in_flight",
+        "max_queued_items",
+        "max_queued_bytes",
+        "request_timeout_seconds",
+        "max_attempts",
+        "max_retry_seconds",
+        "backoff_initial_seconds",
+        "backoff_max_seconds",
+        "auth_retry_seconds",
+    ):
+        _positive(getattr(delivery, key), f"{at}.{key}")
+    if not 0 <= delivery.rate_headroom < 0.5:
+        raise ConfigError(f"{at}.rate_headroom", "must be in [0, 0.5)")
+    if delivery.linger_ms < 0:
+        raise ConfigError(f"{at}.linger_ms", "must be 0 or more")
+
+
+def _positive(value: float, at: str) -> None:
+    if value <= 0:
+        raise ConfigError(at, f"must be greater than 0, got {value}")
+
+
+def summarize(config: Config) -> str:
+    """The lines `forwarder check-config` prints."""
+    lines = [
+        f"listen {config.server.listen}, {len(config.server.api_keys)} Amplitude key(s), "
+        f"storage {config.storage.path} ({config.storage.durability})"
+    ]
+    for sync in config.syncs:
+        state = "enabled" if sync.enabled else "disabled"
+        events = (
+            f"events {', '.join(sync.events.select)} ({len(sync.events.where)} filter(s))"
+            if sync.events.enabled
+            else "events off"
+        )
+        users = (
+            f"users {len(sync.users.user_properties)} propert(ies)" if sync.users.enabled else "users off"
+        )
+        lines.append(
+            f"sync {sync.name}: {state}, {sync.endpoint_base}, {events}, {users}, "
+            f"email <- {sync.mappings.email}, userId <- {sync.mappings.user_id}"
+        )
+    if not config.syncs:
+        lines.append("no syncs: events are accepted and dropped after validation")
+    return "\n".join(lines)
