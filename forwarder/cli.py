@@ -1,0 +1,141 @@
+"""The `forwarder` command: run, check-config, dead-letters, simulate-iterable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from forwarder import __version__
+from forwarder.config import Config, ConfigError, load_config, summarize
+
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"forwarder: config error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from forwarder.daemon import run
+    from forwarder.logs import setup_logging
+
+    config = _load(args.config)
+    setup_logging(args.log_level)
+    return run(config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: OK")
+    print(summarize(config))
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from forwarder.replay import count_by_reason, run_replay
+
+    config = _load(args.config)
+    try:
+        if args.replay:
+            for result in run_replay(config, args.sync, args.timeout):
+                print(
+                    f"{result.sync}: resent {result.resent}, delivered {result.delivered}, "
+                    f"dead again {result.dead_again}"
+                    + (f", {result.unreadable} unreadable line(s) kept" if result.unreadable else "")
+                )
+            return 0
+        counts = count_by_reason(config, args.sync)
+    except KeyError:
+        print(f"forwarder: no sync named {args.sync!r} in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    for sync, counter in counts.items():
+        total = sum(counter.values())
+        print(f"{sync}: {total} dead letter(s)")
+        for reason, count in counter.most_common():
+            print(f"  {count:8d}  {reason}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from forwarder.simulator import SimulatorConfig, run_simulator
+
+    config = SimulatorConfig(
+        api_keys=frozenset(args.api_key) if args.api_key else None,
+        track_bulk_per_second=args.track_bulk_per_second,
+        bulk_update_per_second=args.bulk_update_per_second,
+        error_rate=args.error_rate,
+        latency_ms=args.latency_ms,
+        require_user_first=args.require_user_first,
+        seed=args.seed,
+    )
+    try:
+        asyncio.run(run_simulator(args.host, args.port, config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forwarder",
+        description="Amplitude-compatible event streaming daemon for Iterable.",
+    )
+    parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT.")
+    run.add_argument("--config", default="config.toml", help="path to config.toml")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config and print its syncs",
+        description="Validate the config (exit 2 on an error naming its key path) and print a summary.",
+    )
+    check.add_argument("--config", default="config.toml", help="path to config.toml")
+    check.set_defaults(func=cmd_check_config)
+
+    dead = commands.add_parser(
+        "dead-letters",
+        help="count dead letters by reason, or resend them",
+        description="List dead-letter counts by reason per sync; --replay resends them to Iterable.",
+    )
+    dead.add_argument("--config", default="config.toml", help="path to config.toml")
+    dead.add_argument("--sync", help="only this sync")
+    dead.add_argument("--replay", action="store_true", help="resend the dead letters")
+    dead.add_argument("--timeout", type=float, default=600.0, help="seconds a replay may take")
+    dead.set_defaults(func=cmd_dead_letters)
+
+    sim = commands.add_parser(
+        "simulate-iterable",
+        help="serve a fake Iterable (bulk endpoints) for tests and load runs",
+        description="A local Iterable simulator with rate limits, caps, partial failures and faults.",
+    )
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9100)
+    sim.add_argument("--api-key", action="append", help="accepted key (repeatable); default: any")
+    sim.add_argument("--track-bulk-per-second", type=float, default=10.0)
+    sim.add_argument("--bulk-update-per-second", type=float, default=5.0)
+    sim.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    sim.add_argument("--latency-ms", type=float, default=0.0)
+    sim.add_argument("--require-user-first", action="store_true", help="events of unknown users fail")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,333 @@
+"""User profiles: Amplitude's user-property operations, and the store that keeps them."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from forwarder.config import StorageConfig
+
+_MISSING = object()
+# Amplitude applies one identify's operations in this fixed order, whatever their order in
+# the JSON: clear first, then removals, then the writes (its docs' "Operation order").
+OPERATION_ORDER = (
+    "$clearAll",
+    "$unset",
+    "$setOnce",
+    "$set",
+    "$add",
+    "$append",
+    "$prepend",
+    "$preInsert",
+    "$postInsert",
+    "$remove",
+)
+
+
+def _number(value: Any) -> int | float | None:
+    """A number for $add: ints and floats, and numeric strings; never a bool."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is _MISSING or value is None:
+        return []
+    if isinstance(value, list):
+        return list(value)
+    return [value]
+
+
+def _values(argument: Any) -> list[Any]:
+    return argument if isinstance(argument, list) else [argument]
+
+
+def _apply(profile: dict[str, Any], op: str, key: str, argument: Any) -> None:
+    current = profile.get(key, _MISSING)
+    if op == "$set":
+        profile[key] = argument
+    elif op == "$setOnce":
+        if current is _MISSING:
+            profile[key] = argument
+    elif op == "$unset":
+        profile.pop(key, None)
+    elif op == "$add":
+        increment = _number(argument)
+        if increment is None:
+            return
+        if current is _MISSING:
+            profile[key] = increment
+        else:
+            base = _number(current) if not isinstance(current, str) else None
+            if base is not None:
+                profile[key] = base + increment
+    elif op in ("$append", "$prepend"):
+        values = _values(argument)
+        existing = _as_list(current)
+        profile[key] = existing + values if op == "$append" else values + existing
+    elif op in ("$preInsert", "$postInsert"):
+        existing = _as_list(current)
+        fresh = [v for v in _values(argument) if v not in existing]
+        if not fresh and current is not _MISSING:
+            return
+        profile[key] = existing + fresh if op == "$postInsert" else fresh + existing
+    elif op == "$remove":
+        if current is _MISSING:
+            return
+        drop = _values(argument)
+        profile[key] = [v for v in _as_list(current) if v not in drop]
+
+
+def apply_user_properties(profile: dict[str, Any], update: Mapping[str, Any]) -> set[str]:
+    """Apply one `user_properties` object in place; the names whose value changed.
+
+    Plain keys act as `$set`. Unknown operations and operations whose value is not an
+    object are ignored: this runs on untrusted input and must never raise.
+    """
+    if not update:
+        return set()
+    before = dict(profile)
+    plain = {k: v for k, v in update.items() if isinstance(k, str) and not k.startswith("$")}
+    for op in OPERATION_ORDER:
+        if op == "$set" and plain:
+            for key, value in plain.items():
+                profile[key] = value
+        argument = update.get(op)
+        if argument is None:
+            continue
+        if op == "$clearAll":
+            profile.clear()
+            continue
+        if not isinstance(argument, Mapping):
+            continue
+        for key, value in argument.items():
+            if isinstance(key, str):
+                _apply(profile, op, key, value)
+    changed = {k for k in before if profile.get(k, _MISSING) != before[k] or k not in profile}
+    changed.update(k for k in profile if k not in before)
+    return changed
+
+
+class ProfileStore(Protocol):
+    async def load(self, users: Collection[str]) -> None:
+        """After this, get() of these users needs no I/O."""
+
+    def get(self, user: str) -> dict[str, Any]:
+        """The live profile dict (empty for a new user); callers mutate it in place."""
+
+    def is_new(self, user: str) -> bool:
+        """True when nothing was ever stored or cached for this user."""
+
+    def mark_dirty(self, user: str) -> None:
+        """The caller changed this user's dict: persist it."""
+
+    async def flush(self) -> None:
+        """Persist every dirty profile now."""
+
+    async def close(self) -> None:
+        """Flush and release resources."""
+
+
+class MemoryProfileStore:
+    """Profiles in a dict: durability = "memory"."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[str, dict[str, Any]] = {}
+
+    async def load(self, users: Collection[str]) -> None:
+        return None
+
+    def get(self, user: str) -> dict[str, Any]:
+        profile = self._profiles.get(user)
+        if profile is None:
+            profile = self._profiles[user] = {}
+        return profile
+
+    def is_new(self, user: str) -> bool:
+        return user not in self._profiles
+
+    def mark_dirty(self, user: str) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
+_LOAD_CHUNK = 500
+
+
+class SqliteProfileStore:
+    """Profiles in SQLite (WAL) with an LRU cache in front and batched writes.
+
+    Every SQLite call runs on one dedicated thread that owns the connection, so the
+    event loop never waits on the disk except through load() and flush().
+    """
+
+    def __init__(self, path: Path, cache_size: int = 100_000, flush_interval: float = 0.2) -> None:
+        self.path = path
+        self.cache_size = cache_size
+        self.flush_interval = flush_interval
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._stored: set[str] = set()  # cached users that exist in the database
+        self._dirty: set[str] = set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
+        self._db: sqlite3.Connection | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+
+    async def open(self) -> SqliteProfileStore:
+        await self._run(self._open_sync)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="profile-flush")
+        return self
+
+    def _open_sync(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path / "profiles.sqlite3", check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS profiles (user TEXT PRIMARY KEY, properties BLOB NOT NULL)")
+        db.commit()
+        self._db = db
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- reads ---------------------------------------------------------------------
+
+    async def load(self, users: Collection[str]) -> None:
+        missing = [u for u in users if u not in self._cache]
+        if not missing:
+            for user in users:
+                self._cache.move_to_end(user)
+            return
+        found = await self._run(self._read_sync, missing)
+        for user in missing:
+            if user in self._cache:  # filled by a concurrent get() meanwhile
+                continue
+            if user in found:
+                self._cache[user] = found[user]
+                self._stored.add(user)
+        self._evict()
+
+    def _read_sync(self, users: list[str]) -> dict[str, dict[str, Any]]:
+        assert self._db is not None
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(users), _LOAD_CHUNK):
+            chunk = users[start : start + _LOAD_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for user, blob in self._db.execute(
+                f"SELECT user, properties FROM profiles WHERE user IN ({marks})", chunk
+            ):
+                found[user] = _decode(blob)
+        return found
+
+    def get(self, user: str) -> dict[str, Any]:
+        profile = self._cache.get(user)
+        if profile is not None:
+            self._cache.move_to_end(user)
+            return profile
+        # Not loaded: read synchronously (load() exists so the hot path never does this).
+        found = self._executor.submit(self._read_sync, [user]).result()
+        if user in found:
+            profile = found[user]
+            self._stored.add(user)
+        else:
+            profile = {}
+        self._cache[user] = profile
+        self._evict()
+        return profile
+
+    def is_new(self, user: str) -> bool:
+        if user in self._cache:
+            return False
+        return not self._executor.submit(self._read_sync, [user]).result()
+
+    # --- writes --------------------------------------------------------------------
+
+    def mark_dirty(self, user: str) -> None:
+        if user not in self._cache:
+            self.get(user)
+        self._dirty.add(user)
+
+    def _evict(self) -> None:
+        """Drop the least recently used clean entries past cache_size (dirty ones stay)."""
+        excess = len(self._cache) - self.cache_size
+        if excess <= 0:
+            return
+        for user in list(self._cache)[: excess + len(self._dirty)]:
+            if excess <= 0:
+                break
+            if user in self._dirty:
+                continue
+            del self._cache[user]
+            self._stored.discard(user)
+            excess -= 1
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, set()
+            # Encode on the loop: the dicts are live and the loop is their only writer.
+            rows = [(user, _encode(self._cache[user])) for user in dirty if user in self._cache]
+            try:
+                await self._run(self._write_sync, rows)
+            except BaseException:
+                self._dirty |= dirty
+                raise
+            self._stored.update(dirty)
+            self._evict()
+
+    def _write_sync(self, rows: list[tuple[str, bytes]]) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO profiles (user, properties) VALUES (?, ?) "
+                "ON CONFLICT(user) DO UPDATE SET properties = excluded.properties",
+                rows,
+            )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+
+async def open_profile_store(storage: StorageConfig) -> ProfileStore:
+    if storage.durability == "memory":
+        return MemoryProfileStore()
+    return await SqliteProfileStore(Path(storage.path), storage.profile_cache_size).open()

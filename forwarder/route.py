@@ -1,0 +1,339 @@
+"""Routing, pure: one event + its user's profile + one sync's config -> Iterable items."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Mapping, Set
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from forwarder.amplitude import GROUP_IDENTIFY_EVENT, IDENTIFY_EVENT, Event
+from forwarder.config import Filter, SyncConfig
+from forwarder.iterable import TrackEvent, UserUpdate
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+_IDENTIFY_TYPES = frozenset({IDENTIFY_EVENT, GROUP_IDENTIFY_EVENT})
+_event_encoder = msgspec.json.Encoder(order="deterministic")
+
+Getter = Callable[[Event, Mapping[str, Any]], Any]
+Predicate = Callable[[Event, Mapping[str, Any]], bool]
+
+
+class SkipReason(enum.Enum):
+    SYNC_DISABLED = "sync_disabled"
+    EVENTS_OFF = "events_off"
+    USERS_OFF = "users_off"
+    IDENTIFY = "identify"
+    NOT_SELECTED = "not_selected"
+    FILTERED = "filtered"
+    NO_IDENTITY = "no_identity"
+    NO_CHANGE = "no_change"
+
+
+class EventRoute(NamedTuple):
+    item: TrackEvent | None
+    skipped: SkipReason | None
+
+
+class UserRoute(NamedTuple):
+    item: UserUpdate | None
+    skipped: SkipReason | None
+
+
+# --- property paths ---------------------------------------------------------------------
+
+
+def getter(path: str) -> Getter:
+    """A compiled `resolve` for one path: MISSING when absent or null."""
+    if path.startswith("user_properties."):
+        name = path[len("user_properties.") :]
+
+        def from_profile(event: Event, profile: Mapping[str, Any]) -> Any:
+            value = profile.get(name, MISSING)
+            return MISSING if value is None else value
+
+        return from_profile
+    if path.startswith("event_properties."):
+        name = path[len("event_properties.") :]
+
+        def from_event_properties(event: Event, profile: Mapping[str, Any]) -> Any:
+            properties = event.event_properties
+            if not properties:
+                return MISSING
+            value = properties.get(name, MISSING)
+            return MISSING if value is None else value
+
+        return from_event_properties
+
+    def from_field(event: Event, profile: Mapping[str, Any]) -> Any:
+        value = getattr(event, path, None)
+        return MISSING if value is None else value
+
+    return from_field
+
+
+def resolve(path: str, event: Event, profile: Mapping[str, Any]) -> Any:
+    return getter(path)(event, profile)
+
+
+# --- filters ----------------------------------------------------------------------------
+
+
+def _as_number(value: Any) -> float | None:
+    """Numbers, and strings that spell one; never booleans (True is not 1 here)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def values_equal(actual: Any, expected: Any) -> bool:
+    """Equality as a person means it in a filter: 10 == "10" == 10.0, but True != 1."""
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        if isinstance(actual, bool) and isinstance(expected, bool):
+            return actual is expected
+        if isinstance(actual, str) and isinstance(expected, bool):
+            return actual.lower() == str(expected).lower()
+        if isinstance(expected, str) and isinstance(actual, bool):
+            return expected.lower() == str(actual).lower()
+        return False
+    left, right = _as_number(actual), _as_number(expected)
+    if left is not None and right is not None:
+        return left == right
+    return bool(actual == expected)
+
+
+def _contains(actual: Any, needle: Any) -> bool:
+    # Amplitude's "contains" is a case-insensitive substring match on strings; on a list
+    # it is membership (elements compared like `is`, nested lists searched too).
+    if isinstance(actual, str):
+        return str(needle).lower() in actual.lower()
+    if isinstance(actual, list):
+        return any(
+            _contains(element, needle) if isinstance(element, list) else values_equal(element, needle)
+            for element in actual
+        )
+    return False
+
+
+def compile_filter(rule: Filter) -> Predicate:
+    """One `where` rule as a closure; a missing property fails all but `is not set`."""
+    get = getter(rule.field)
+    op = rule.op
+    expected = rule.value
+    options = expected if isinstance(expected, list) else [expected]
+
+    if op == "is set":
+        return lambda e, p: get(e, p) is not MISSING
+    if op == "is not set":
+        return lambda e, p: get(e, p) is MISSING
+    if op in ("is", "is not"):
+        want = op == "is"
+
+        def equality(e: Event, p: Mapping[str, Any]) -> bool:
+            actual = get(e, p)
+            if actual is MISSING:
+                return False
+            return any(values_equal(actual, option) for option in options) is want
+
+        return equality
+    if op in ("contains", "does not contain"):
+        want = op == "contains"
+
+        def containment(e: Event, p: Mapping[str, Any]) -> bool:
+            actual = get(e, p)
+            if actual is MISSING:
+                return False
+            return any(_contains(actual, option) for option in options) is want
+
+        return containment
+    bound = _as_number(expected)
+    greater = op == "greater than"
+
+    def comparison(e: Event, p: Mapping[str, Any]) -> bool:
+        actual = _as_number(get(e, p))
+        if actual is None or bound is None:
+            return False
+        return actual > bound if greater else actual < bound
+
+    return comparison
+
+
+# --- the compiled sync ------------------------------------------------------------------
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            number = _as_number(value)
+            return int(number) if number is not None and number.is_integer() else None
+    return None
+
+
+class CompiledSync:
+    """A sync's config turned into closures and sets, once, for the hot path."""
+
+    def __init__(self, sync: SyncConfig) -> None:
+        self.name = sync.name
+        self.enabled = sync.enabled
+        events, users, mappings = sync.events, sync.users, sync.mappings
+        self.events_enabled = events.enabled
+        self.users_enabled = users.enabled
+        self.select_all = "*" in events.select
+        self.selected = frozenset(events.select)
+        self.filters = [compile_filter(rule) for rule in events.where]
+        self.event_properties = tuple(events.event_properties)
+        self.event_user_properties = tuple(events.user_properties)
+        self.user_properties = tuple(users.user_properties)
+        self.user_property_set = frozenset(users.user_properties)
+        self.require_email = mappings.require_email
+        self.email = getter(mappings.email)
+        self.user_id = getter(mappings.user_id) if mappings.user_id else None
+        self.campaign_id = getter(mappings.campaign_id) if mappings.campaign_id else None
+        self.template_id = getter(mappings.template_id) if mappings.template_id else None
+        self.fields = tuple((getter(path), name) for path, name in mappings.fields.items())
+        # Identity mappings that live in the profile: a change to them is a change of
+        # who the user is in Iterable, so it triggers an update.
+        self.identity_properties = frozenset(
+            path[len("user_properties.") :]
+            for path in (mappings.email, mappings.user_id)
+            if path and path.startswith("user_properties.")
+        )
+        self.prefer_user_id = users.prefer_user_id
+        self.merge_nested_objects = users.merge_nested_objects
+
+
+def compile_sync(sync: SyncConfig) -> CompiledSync:
+    return CompiledSync(sync)
+
+
+def event_id(event: Event) -> str:
+    """A stable id for an event without insert_id: the same event always hashes the same."""
+    return hashlib.blake2b(_event_encoder.encode(event), digest_size=16).hexdigest()
+
+
+def _identity(
+    event: Event, profile: Mapping[str, Any], sync: CompiledSync
+) -> tuple[str | None, str | None] | None:
+    """(email, userId), or None when the item could not be sent."""
+    email = sync.email(event, profile)
+    if not isinstance(email, str) or "@" not in email:
+        email = None
+    user_id: str | None = None
+    if sync.user_id is not None:
+        value = sync.user_id(event, profile)
+        if isinstance(value, str) and value:
+            user_id = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            user_id = str(value)
+    if email is None and (sync.require_email or user_id is None):
+        return None
+    return email, user_id
+
+
+def _mapped_fields(event: Event, profile: Mapping[str, Any], sync: CompiledSync, fields: dict[str, Any]) -> None:
+    for get, name in sync.fields:
+        value = get(event, profile)
+        if value is not MISSING:
+            fields[name] = value
+
+
+def route_event(
+    event: Event, profile: Mapping[str, Any], sync: CompiledSync, now_seconds: int
+) -> EventRoute:
+    if not sync.enabled:
+        return EventRoute(None, SkipReason.SYNC_DISABLED)
+    if not sync.events_enabled:
+        return EventRoute(None, SkipReason.EVENTS_OFF)
+    event_type = event.event_type
+    if event_type in _IDENTIFY_TYPES:
+        return EventRoute(None, SkipReason.IDENTIFY)
+    if not sync.select_all and event_type not in sync.selected:
+        return EventRoute(None, SkipReason.NOT_SELECTED)
+    for keep in sync.filters:
+        if not keep(event, profile):
+            return EventRoute(None, SkipReason.FILTERED)
+    identity = _identity(event, profile, sync)
+    if identity is None:
+        return EventRoute(None, SkipReason.NO_IDENTITY)
+    fields: dict[str, Any] = {}
+    properties = event.event_properties
+    if properties:
+        for name in sync.event_properties:
+            value = properties.get(name)
+            if value is not None:
+                fields[name] = value
+    for name in sync.event_user_properties:
+        value = profile.get(name)
+        if value is not None:
+            fields[name] = value
+    if sync.fields:
+        _mapped_fields(event, profile, sync, fields)
+    item = TrackEvent(
+        eventName=event_type or "",
+        id=event.insert_id or event_id(event),
+        createdAt=event.time // 1000 if event.time is not None else now_seconds,
+        email=identity[0],
+        userId=identity[1],
+        dataFields=fields or None,
+        campaignId=_integer(sync.campaign_id(event, profile)) if sync.campaign_id else None,
+        templateId=_integer(sync.template_id(event, profile)) if sync.template_id else None,
+    )
+    return EventRoute(item, None)
+
+
+def route_user(
+    event: Event, profile: Mapping[str, Any], changed: Set[str], new_user: bool, sync: CompiledSync
+) -> UserRoute:
+    if not sync.enabled:
+        return UserRoute(None, SkipReason.SYNC_DISABLED)
+    if not sync.users_enabled:
+        return UserRoute(None, SkipReason.USERS_OFF)
+    selected_changed = not changed.isdisjoint(sync.user_property_set) if changed else False
+    identity_changed = not changed.isdisjoint(sync.identity_properties) if changed else False
+    if not (selected_changed or identity_changed or new_user):
+        return UserRoute(None, SkipReason.NO_CHANGE)
+    identity = _identity(event, profile, sync)
+    if identity is None:
+        return UserRoute(None, SkipReason.NO_IDENTITY)
+    fields: dict[str, Any] = {}
+    for name in sync.user_properties:
+        value = profile.get(name)
+        if value is not None:
+            fields[name] = value
+        elif name in changed:
+            fields[name] = None  # removed: Iterable clears it
+    if sync.fields:
+        _mapped_fields(event, profile, sync, fields)
+    item = UserUpdate(
+        email=identity[0],
+        userId=identity[1],
+        dataFields=fields or None,
+        preferUserId=sync.prefer_user_id,
+        mergeNestedObjects=sync.merge_nested_objects,
+    )
+    return UserRoute(item, None)

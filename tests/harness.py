@@ -1,0 +1,124 @@
+"""Helpers for end-to-end tests: the real daemon app and servers on 127.0.0.1 sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from forwarder.config import Config, parse_config
+from forwarder.daemon import Forwarder, build_daemon_app, open_forwarder
+from forwarder.server import STATE_KEY
+
+AMPLITUDE_KEY = "test-amplitude-key"
+ITERABLE_KEY = "test-iterable-key"
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free 127.0.0.1 port; the runner and the base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+def make_config(
+    tmp_path: Path,
+    iterable_url: str,
+    durability: str = "memory",
+    syncs: list[dict[str, Any]] | None = None,
+    **sync_overrides: Any,
+) -> Config:
+    """A config with one sync (or `syncs`) pointed at `iterable_url`; fast test timings."""
+    sync: dict[str, Any] = {
+        "name": "test",
+        "api_key": ITERABLE_KEY,
+        "base_url": iterable_url,
+        "events": {"select": ["*"], "event_properties": ["price", "sku"], "user_properties": ["plan"]},
+        "users": {"user_properties": ["plan", "city"]},
+        "delivery": {
+            "linger_ms": 20,
+            "backoff_initial_seconds": 0.02,
+            "backoff_max_seconds": 0.2,
+            "auth_retry_seconds": 0.2,
+            "max_retry_seconds": 30,
+            "max_attempts": 20,
+        },
+    }
+    for key, value in sync_overrides.items():
+        if isinstance(value, dict) and isinstance(sync.get(key), dict):
+            sync[key] = {**sync[key], **value}
+        else:
+            sync[key] = value
+    raw = {
+        "server": {"listen": "127.0.0.1:0", "api_keys": [AMPLITUDE_KEY], "drain_timeout_seconds": 10},
+        "storage": {"path": str(tmp_path / "var"), "durability": durability},
+        "syncs": syncs if syncs is not None else [sync],
+    }
+    return parse_config(raw, env={})
+
+
+class Daemon:
+    """The daemon's app and forwarder in this process, on a real socket."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.forwarder: Forwarder | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> Daemon:
+        self.forwarder = await open_forwarder(self.config)
+        app = build_daemon_app(self.config, self.forwarder)
+        self.runner, self.url = await serve(app)
+        await self.forwarder.recover()
+        await self.forwarder.start()
+        app[STATE_KEY].ready = True
+        self.app = app
+        return self
+
+    async def drain_and_stop(self, timeout: float = 20.0) -> bool:
+        assert self.forwarder is not None and self.runner is not None
+        self.app[STATE_KEY].ready = False
+        self.app[STATE_KEY].accepting = False
+        drained = await self.forwarder.drain(timeout)
+        await self.forwarder.stop()
+        await self.runner.cleanup()
+        return drained
+
+
+def upload_body(events: list[dict[str, Any]], api_key: str = AMPLITUDE_KEY) -> bytes:
+    return msgspec.json.encode({"api_key": api_key, "events": events})
+
+
+async def post_events(
+    session: aiohttp.ClientSession, url: str, events: list[dict[str, Any]], route: str = "/2/httpapi"
+) -> tuple[int, dict[str, Any]]:
+    async with session.post(
+        url + route, data=upload_body(events), headers={"Content-Type": "application/json"}
+    ) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 20.0, every: float = 0.02
+) -> None:
+    """Wait until `check()` holds, bounded by `timeout` (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(every)
