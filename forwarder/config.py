@@ -245,7 +245,7 @@ def check_config(config: Config) -> None:
     listen = server.listen
     if ":" not in listen or not listen.rsplit(":", 1)[1].isdigit():
         raise ConfigError("server.listen", f"expected HOST:PORT, got {listen!r}")
-    if not 0 < server.port < 65536:
+    if not 0 <= server.port < 65536:  # 0: any free port
         raise ConfigError("server.listen", f"port {server.port} is out of range")
     if not server.api_keys:
         raise ConfigError("server.api_keys", "at least one Amplitude API key is required")

@@ -96,6 +96,9 @@ def _apply(profile: dict[str, Any], op: str, key: str, argument: Any) -> None:
         profile[key] = [v for v in _as_list(current) if v not in drop]
 
 
+_ORDER_INDEX = {op: index for index, op in enumerate(OPERATION_ORDER)}
+
+
 def apply_user_properties(profile: dict[str, Any], update: Mapping[str, Any]) -> set[str]:
     """Apply one `user_properties` object in place; the names whose value changed.
 
@@ -104,26 +107,39 @@ def apply_user_properties(profile: dict[str, Any], update: Mapping[str, Any]) ->
     """
     if not update:
         return set()
-    before = dict(profile)
-    plain = {k: v for k, v in update.items() if isinstance(k, str) and not k.startswith("$")}
-    for op in OPERATION_ORDER:
-        if op == "$set" and plain:
-            for key, value in plain.items():
-                profile[key] = value
-        argument = update.get(op)
-        if argument is None:
+    # Old values of the keys touched, to tell a real change from a rewrite of the same
+    # value (Send Users only fires on real changes).
+    old: dict[str, Any] = {}
+    ops: list[tuple[int, str, Any]] = []
+    plain: list[tuple[str, Any]] = []
+    for key, argument in update.items():
+        if not isinstance(key, str):
             continue
+        if key.startswith("$"):
+            index = _ORDER_INDEX.get(key)
+            if index is not None:
+                ops.append((index, key, argument))
+        else:
+            plain.append((key, argument))
+    if plain:
+        ops.append((_ORDER_INDEX["$set"], "$set", dict(plain)))
+    if len(ops) > 1:
+        ops.sort(key=lambda op: op[0])
+    for _, op, argument in ops:
         if op == "$clearAll":
+            for key, value in profile.items():
+                old.setdefault(key, value)
             profile.clear()
             continue
         if not isinstance(argument, Mapping):
             continue
         for key, value in argument.items():
-            if isinstance(key, str):
-                _apply(profile, op, key, value)
-    changed = {k for k in before if profile.get(k, _MISSING) != before[k] or k not in profile}
-    changed.update(k for k in profile if k not in before)
-    return changed
+            if not isinstance(key, str):
+                continue
+            if key not in old:
+                old[key] = profile.get(key, _MISSING)
+            _apply(profile, op, key, value)
+    return {key for key, before in old.items() if profile.get(key, _MISSING) != before}
 
 
 class ProfileStore(Protocol):
