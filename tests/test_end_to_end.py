@@ -1,0 +1,175 @@
+"""The product end to end: the official Amplitude SDK -> daemon -> simulated Iterable."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify
+
+from forwarder.simulator import SimulatorConfig, SimulatorState, build_simulator_app
+from tests.harness import AMPLITUDE_KEY, Daemon, eventually, make_config, post_events, serve
+
+SYNC_SETTINGS: dict[str, Any] = {
+    "mappings": {
+        "email": "user_properties.email",
+        "user_id": "user_id",
+        "campaign_id": "event_properties.campaign_id",
+        "template_id": "event_properties.template_id",
+        "fields": {"user_properties.plan": "planName"},
+    },
+    "events": {
+        "select": ["Purchase", "Viewed"],
+        "where": [{"field": "event_properties.price", "op": "greater than", "value": 10}],
+        "event_properties": ["price", "sku"],
+        "user_properties": ["plan"],
+    },
+    "users": {"user_properties": ["plan", "city"]},
+}
+
+
+def run_sdk(url: str, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, int]]:
+    """Drive the real SDK (threaded, blocking) and collect every callback's code."""
+    results: list[tuple[str, int]] = []
+
+    def callback(event: BaseEvent, code: int, message: str | None = None) -> None:
+        results.append((event.event_type, code))
+
+    client = Amplitude(
+        AMPLITUDE_KEY,
+        Config(server_url=f"{url}/2/httpapi", flush_queue_size=50, flush_interval_millis=100, callback=callback),
+    )
+    for kind, first, second in calls:
+        if kind == "identify":
+            client.identify(first, second)
+        else:
+            client.track(first)
+    client.flush()
+    client.shutdown()
+    return results
+
+
+async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: Path) -> None:
+    state = SimulatorState()
+    runner, sim_url = await serve(
+        build_simulator_app(SimulatorConfig(require_user_first=True, track_bulk_per_second=100), state)
+    )
+    config = make_config(tmp_path, sim_url, durability="journal", **SYNC_SETTINGS)
+    daemon = await Daemon(config).start()
+    try:
+        user = "sdk-user-0001"
+        identify = Identify()
+        identify.set("email", "grace@example.com")
+        identify.set("plan", "enterprise")
+        identify.set("city", "Lisbon")
+        identify.set("favorite_color", "teal")  # not selected: never sent
+        calls: list[tuple[str, Any, Any]] = [("identify", identify, EventOptions(user_id=user))]
+        calls.append(
+            (
+                "track",
+                BaseEvent(
+                    "Purchase",
+                    user_id=user,
+                    insert_id="purchase-1",
+                    time=1_700_000_123_456,
+                    event_properties={
+                        "price": 42.5, "sku": "SKU-1", "color": "red",
+                        "campaign_id": "1234", "template_id": 99,
+                    },
+                ),
+                None,
+            )
+        )
+        calls.append(("track", BaseEvent("Purchase", user_id=user, insert_id="cheap", event_properties={"price": 3}), None))
+        calls.append(("track", BaseEvent("Logged In", user_id=user, insert_id="other"), None))
+        # A device-only user with no email: counted, never sent.
+        calls.append(("track", BaseEvent("Purchase", device_id="device-without-user", insert_id="anon", event_properties={"price": 50}), None))
+        results = await asyncio.to_thread(run_sdk, daemon.url, calls)
+        assert results and all(code == 200 for _, code in results), results
+
+        await eventually(lambda: "purchase-1" in state.event_ids, timeout=20)
+        assert await daemon.drain_and_stop()
+    finally:
+        await runner.cleanup()
+
+    (sent,) = [e for e in state.events if e["id"] == "purchase-1"]
+    assert sent == {
+        "eventName": "Purchase",
+        "id": "purchase-1",
+        "createdAt": 1_700_000_123,
+        "email": "grace@example.com",
+        "userId": user,
+        "campaignId": 1234,
+        "templateId": 99,
+        "dataFields": {"price": 42.5, "sku": "SKU-1", "plan": "enterprise", "planName": "enterprise"},
+    }
+    assert state.event_ids == {"purchase-1"}  # the filter and the selection kept the rest out
+    (update,) = state.users
+    assert update["email"] == "grace@example.com" and update["userId"] == user
+    assert update["dataFields"] == {"plan": "enterprise", "city": "Lisbon", "planName": "enterprise"}
+    stats = daemon.forwarder.syncs[0].stats  # type: ignore[union-attr]
+    assert stats.skipped["no_identity"] == 1
+    assert stats.skipped["filtered"] == 1
+    assert stats.skipped["not_selected"] == 1
+
+
+async def test_users_update_only_when_a_selected_property_changes(tmp_path: Path) -> None:
+    state = SimulatorState()
+    runner, sim_url = await serve(build_simulator_app(SimulatorConfig(), state))
+    config = make_config(tmp_path, sim_url, **SYNC_SETTINGS)
+    daemon = await Daemon(config).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            def ident(props: dict[str, Any]) -> dict[str, Any]:
+                return {"event_type": "$identify", "user_id": "user-12345", "user_properties": props}
+
+            await post_events(session, daemon.url, [ident({"$set": {"email": "a@b.io", "plan": "pro"}})])
+            await eventually(lambda: len(state.users) == 1)
+            # Same values again, and an unselected property: nothing to send.
+            await post_events(session, daemon.url, [ident({"$set": {"plan": "pro", "shoe": 44}})])
+            # A plain event with user_properties that change a selected one: one update.
+            await post_events(
+                session,
+                daemon.url,
+                [{"event_type": "Viewed", "user_id": "user-12345", "user_properties": {"city": "Oslo"}}],
+            )
+            await eventually(lambda: len(state.users) == 2)
+            assert await daemon.drain_and_stop()
+    finally:
+        await runner.cleanup()
+    assert state.users[1]["dataFields"] == {"plan": "pro", "city": "Oslo", "planName": "pro"}
+
+
+async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> None:
+    state = SimulatorState()
+    runner, sim_url = await serve(build_simulator_app(SimulatorConfig(), state))
+    config = make_config(tmp_path, sim_url, durability="journal", **SYNC_SETTINGS)
+    try:
+        async with aiohttp.ClientSession() as session:
+            daemon = await Daemon(config).start()
+            status, _ = await post_events(
+                session,
+                daemon.url,
+                [{"event_type": "$identify", "user_id": "user-77777",
+                  "user_properties": {"$set": {"email": "kept@example.com", "plan": "team"}, "$add": {"logins": 2}}}],
+            )
+            assert status == 200
+            assert await daemon.drain_and_stop()
+
+            again = await Daemon(config).start()
+            await post_events(
+                session,
+                again.url,
+                [{"event_type": "Purchase", "user_id": "user-77777", "insert_id": "after-restart",
+                  "event_properties": {"price": 11}}],
+            )
+            await eventually(lambda: "after-restart" in state.event_ids)
+            profile = again.forwarder.profiles.get("user-77777")  # type: ignore[union-attr]
+            assert profile == {"email": "kept@example.com", "plan": "team", "logins": 2}
+            assert await again.drain_and_stop()
+    finally:
+        await runner.cleanup()
+    (sent,) = [e for e in state.events if e["id"] == "after-restart"]
+    assert sent["email"] == "kept@example.com"
