@@ -207,14 +207,13 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
             sim = await response.json()
     delivered = after.get(DELIVERED, 0.0) - before.get(DELIVERED, 0.0)
     latencies = sorted(tally.latencies) or [0.0]
-    requests = {
-        endpoint: after.get(f'forwarder_sync_iterable_requests_total{{endpoint="{endpoint}",sync="bench"}}', 0.0)
-        for endpoint in ("events/trackBulk", "users/bulkUpdate")
-    }
-    items = {
-        endpoint: after.get(f'forwarder_sync_items_sent_total{{endpoint="{endpoint}",sync="bench"}}', 0.0)
-        for endpoint in ("events/trackBulk", "users/bulkUpdate")
-    }
+    def moved(name: str, endpoint: str) -> float:
+        key = f'{name}{{endpoint="{endpoint}",sync="bench"}}'
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    endpoints = ("events/trackBulk", "users/bulkUpdate")
+    requests = {e: moved("forwarder_sync_iterable_requests_total", e) for e in endpoints}
+    items = {e: moved("forwarder_sync_items_sent_total", e) for e in endpoints}
     return {
         "scenario": s.name,
         "durability": s.durability,
@@ -232,8 +231,8 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
             for e, n in requests.items()
         },
         "mean_items_per_request": {e: round(items[e] / requests[e], 1) if requests[e] else 0 for e in requests},
-        "simulator_429s": sim.get("rate_limited", sim.get("count_429")),
-        "simulator_max_requests_in_one_second": sim.get("max_window"),
+        "simulator_429s": sim.get("rate_limited"),
+        "simulator_max_requests_in_one_second": sim.get("max_requests_in_one_second"),
         "peak_queue_items": peak_queue,
         "daemon_peak_rss_mb": round(peak_rss_mb(pid), 1),
     }
@@ -323,6 +322,7 @@ def print_result(r: dict[str, Any]) -> None:
         f"  iterable req/s {msgspec.json.encode(r['iterable_requests_per_second']).decode()}, "
         f"mean items/request {r['mean_items_per_request']}\n"
         f"  client statuses {r['client_statuses']}, simulator 429s {r['simulator_429s']}, "
+        f"simulator max requests in 1 s {r['simulator_max_requests_in_one_second']}, "
         f"peak queue {r['peak_queue_items']:,.0f}, daemon peak RSS {r['daemon_peak_rss_mb']} MB",
         flush=True,
     )

@@ -125,9 +125,9 @@ class DeliveryConfig(_Section):
     backoff_max_seconds: float = 30.0
     # After a 401/403 the sync pauses (items stay queued) and probes again this often.
     auth_retry_seconds: float = 60.0
-    # Sending stays this fraction under the rate limits, so network jitter cannot push
-    # two requests into one of Iterable's one-second windows.
-    rate_headroom: float = 0.02
+    # Sending stays this fraction under the rate limits, so jitter between our send and
+    # Iterable's count (a busy loop on either side) cannot put two requests in one window.
+    rate_headroom: float = 0.05
 
 
 class SyncConfig(_Section):

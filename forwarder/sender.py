@@ -30,33 +30,53 @@ ENDPOINTS = (Endpoint.BULK_UPDATE, Endpoint.TRACK_BULK)
 SettledCallback = Callable[[list[Queued], bool], None]
 
 
-class LimiterRegistry:
-    """One aiolimiter per (Iterable API key, endpoint), shared by every sync using that key.
+class RateGate:
+    """The send budget of one (Iterable API key, endpoint).
 
-    Iterable's limits are per project (per key), so two syncs on one key share one budget.
-    Each limiter lets one request through every 1/rate seconds (no bursts), widened by a
-    small headroom, so no one-second window at Iterable sees more than `rate` requests.
+    An aiolimiter paces requests one every 1/rate seconds (no bursts). On top, a
+    sliding window of the last sends makes sure no one-second window ever holds more
+    than `rate` of them even when the event loop runs late and two paced sends bunch up.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.limiter = AsyncLimiter(1, 1.0 / rate)
+        self._window: deque[float] = deque(maxlen=max(1, int(rate)))
+
+    async def acquire(self) -> None:
+        await self.limiter.acquire()
+        window = self._window
+        while len(window) == window.maxlen:
+            wait = window[0] + 1.0 - time.monotonic()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        window.append(time.monotonic())
+
+
+class LimiterRegistry:
+    """One RateGate per (Iterable API key, endpoint), shared by every sync using that key.
+
+    Iterable's limits are per project (per key), so two syncs on one key share one
+    budget; when they configure different rates, the lowest wins. Each gate stays
+    `rate_headroom` under the configured rate, so network jitter between our send and
+    Iterable's count cannot put two of our requests into one of its windows.
     """
 
     def __init__(self) -> None:
-        self._limiters: dict[tuple[str, Endpoint], AsyncLimiter] = {}
-        self._rates: dict[tuple[str, Endpoint], float] = {}
+        self._gates: dict[tuple[str, Endpoint], RateGate] = {}
 
     def configure(self, syncs: Iterable[SyncConfig]) -> None:
+        rates: dict[tuple[str, Endpoint], float] = {}
         for sync in syncs:
             for endpoint in ENDPOINTS:
                 rate = rate_of(sync, endpoint) / (1.0 + sync.delivery.rate_headroom)
                 key = (sync.api_key, endpoint)
-                self._rates[key] = min(rate, self._rates.get(key, rate))
-        self._limiters = {
-            key: AsyncLimiter(1, 1.0 / rate) for key, rate in self._rates.items()
-        }
+                rates[key] = min(rate, rates.get(key, rate))
+        self._gates = {key: RateGate(rate) for key, rate in rates.items()}
 
-    def get(self, api_key: str, endpoint: Endpoint) -> AsyncLimiter:
-        return self._limiters[(api_key, endpoint)]
-
-    def rate(self, api_key: str, endpoint: Endpoint) -> float:
-        return self._rates[(api_key, endpoint)]
+    def get(self, api_key: str, endpoint: Endpoint) -> RateGate:
+        return self._gates[(api_key, endpoint)]
 
 
 def rate_of(sync: SyncConfig, endpoint: Endpoint) -> float:
