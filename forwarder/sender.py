@@ -38,9 +38,9 @@ class RateGate:
     than `rate` of them even when the event loop runs late and two paced sends bunch up.
     """
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, headroom: float = 0.0) -> None:
         self.rate = rate
-        self.limiter = AsyncLimiter(1, 1.0 / rate)
+        self.limiter = AsyncLimiter(1, (1.0 + headroom) / rate)
         self._window: deque[float] = deque(maxlen=max(1, int(rate)))
 
     async def acquire(self) -> None:
@@ -67,13 +67,16 @@ class LimiterRegistry:
         self._gates: dict[tuple[str, Endpoint], RateGate] = {}
 
     def configure(self, syncs: Iterable[SyncConfig]) -> None:
-        rates: dict[tuple[str, Endpoint], float] = {}
+        rates: dict[tuple[str, Endpoint], tuple[float, float]] = {}
         for sync in syncs:
             for endpoint in ENDPOINTS:
-                rate = rate_of(sync, endpoint) / (1.0 + sync.delivery.rate_headroom)
                 key = (sync.api_key, endpoint)
-                rates[key] = min(rate, rates.get(key, rate))
-        self._gates = {key: RateGate(rate) for key, rate in rates.items()}
+                rate, headroom = rate_of(sync, endpoint), sync.delivery.rate_headroom
+                known = rates.get(key)
+                if known is not None:
+                    rate, headroom = min(rate, known[0]), max(headroom, known[1])
+                rates[key] = (rate, headroom)
+        self._gates = {key: RateGate(rate, headroom) for key, (rate, headroom) in rates.items()}
 
     def get(self, api_key: str, endpoint: Endpoint) -> RateGate:
         return self._gates[(api_key, endpoint)]
