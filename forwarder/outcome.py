@@ -104,7 +104,7 @@ def _failure_lists(answer: Any) -> dict[str, list[Any]]:
         sources.append(answer["failedUpdates"])
     for source in sources:
         for name, value in source.items():
-            if isinstance(value, list) and name not in ("createdFields", "filteredOutFields"):
+            if value and isinstance(value, list) and name not in ("createdFields", "filteredOutFields"):
                 if name.startswith("noOp"):
                     continue  # no-op updates are not failures
                 lists.setdefault(name, []).extend(value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable, Mapping, Set
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 
@@ -40,12 +40,14 @@ class SkipReason(enum.Enum):
     NO_CHANGE = "no_change"
 
 
-class EventRoute(NamedTuple):
+# Structs, not NamedTuples: one is made per event and sync, and a Struct is several
+# times cheaper to create (profiled on the hot path).
+class EventRoute(msgspec.Struct, frozen=True, gc=False):
     item: TrackEvent | None
     skipped: SkipReason | None
 
 
-class UserRoute(NamedTuple):
+class UserRoute(msgspec.Struct, frozen=True, gc=False):
     item: UserUpdate | None
     skipped: SkipReason | None
 

@@ -120,7 +120,6 @@ class LatencyHistogram:
 class DeliveryStats:
     """Counters one sync keeps about its delivery; metrics and /status read them."""
 
-    queued: Counter[str] = field(default_factory=Counter)
     delivered: Counter[str] = field(default_factory=Counter)
     dead: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
@@ -173,6 +172,9 @@ class SyncDelivery:
         self._on_settled = on_settled
         self._rng = rng or random.Random()
         self.caps = {e: caps_of(sync, e) for e in ENDPOINTS}
+        self._max_item_bytes = {
+            e: self.caps[e].max_bytes - sum(len(part) for part in body_envelope(e)) for e in ENDPOINTS
+        }
         self._wake = {e: asyncio.Event() for e in ENDPOINTS}
         self._slots = {e: asyncio.Semaphore(sync.delivery.max_in_flight) for e in ENDPOINTS}
         self._idle = asyncio.Event()
@@ -207,13 +209,11 @@ class SyncDelivery:
         if encoded is None:
             encoded = _encoder.encode(item)
         queued = Queued(identity_of(item), endpoint, item, encoded, ack=ack)
-        head, tail = body_envelope(endpoint)
-        if len(encoded) + len(head) + len(tail) > self.caps[endpoint].max_bytes:
+        if len(encoded) > self._max_item_bytes[endpoint]:
             # It could never be sent: say so now rather than block its user's lane.
             self._dead([(queued, f"item larger than max_request_bytes ({len(encoded)} bytes)")])
             return
         self.lanes.put(queued)
-        self.stats.queued[endpoint.value] += 1
         self._idle.clear()
         self._wake[endpoint].set()
 
