@@ -210,6 +210,8 @@ def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> lis
         request = _decode_loose(body)
     except msgspec.DecodeError as error:
         raise bad_request(f"Invalid JSON request body: {error}") from None
+    except RecursionError:
+        raise bad_request("Invalid JSON request body: objects nested too deeply") from None
     _check_api_key(request.api_key, api_keys)
     events = request.events
     if events is None:
@@ -242,12 +244,16 @@ def _decode_loose(body: bytes) -> UploadRequest:
         raise bad_request(f"Invalid request body: {message}") from None
     except msgspec.DecodeError as error:
         raise bad_request(f"Invalid JSON request body: {error}") from None
+    except RecursionError:
+        raise bad_request("Invalid JSON request body: objects nested too deeply") from None
     if loose.events is None:
         return UploadRequest(api_key=loose.api_key, options=loose.options)
     invalid: dict[str, list[int]] = {}
     for index, raw in enumerate(loose.events):
         try:
             _event_decoder.decode(raw)
+        except RecursionError:
+            invalid.setdefault("event", []).append(index)
         except msgspec.DecodeError as error:
             field, _ = _field_of(error)
             invalid.setdefault(field, []).append(index)
@@ -313,6 +319,8 @@ def decode_identify(
         ) from None
     except msgspec.DecodeError as error:
         raise bad_request(f"Invalid identification JSON: {error}") from None
+    except RecursionError:
+        raise bad_request("Invalid identification JSON: objects nested too deeply") from None
     records = decoded if isinstance(decoded, list) else [decoded]
     if not records:
         raise bad_request("Request missing required field: identification is empty", missing_field="identification")
