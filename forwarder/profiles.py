@@ -207,7 +207,7 @@ class SqliteProfileStore:
         self.cache_size = cache_size
         self.flush_interval = flush_interval
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._stored: set[str] = set()  # cached users that exist in the database
+        self._new: set[str] = set()  # cached users the database does not know, never changed
         self._dirty: set[str] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
         self._db: sqlite3.Connection | None = None
@@ -245,7 +245,10 @@ class SqliteProfileStore:
                 continue
             if user in found:
                 self._cache[user] = found[user]
-                self._stored.add(user)
+            else:
+                # Remembered as new, so is_new() needs no second look at the disk.
+                self._cache[user] = {}
+                self._new.add(user)
         self._evict()
 
     def _read_sync(self, users: list[str]) -> dict[str, dict[str, Any]]:
@@ -269,16 +272,16 @@ class SqliteProfileStore:
         found = self._executor.submit(self._read_sync, [user]).result()
         if user in found:
             profile = found[user]
-            self._stored.add(user)
         else:
             profile = {}
+            self._new.add(user)
         self._cache[user] = profile
         self._evict()
         return profile
 
     def is_new(self, user: str) -> bool:
         if user in self._cache:
-            return False
+            return user in self._new
         return not self._executor.submit(self._read_sync, [user]).result()
 
     # --- writes --------------------------------------------------------------------
@@ -286,6 +289,7 @@ class SqliteProfileStore:
     def mark_dirty(self, user: str) -> None:
         if user not in self._cache:
             self.get(user)
+        self._new.discard(user)
         self._dirty.add(user)
 
     def _evict(self) -> None:
@@ -299,7 +303,7 @@ class SqliteProfileStore:
             if user in self._dirty:
                 continue
             del self._cache[user]
-            self._stored.discard(user)
+            self._new.discard(user)
             excess -= 1
 
     async def flush(self) -> None:
@@ -314,7 +318,6 @@ class SqliteProfileStore:
             except BaseException:
                 self._dirty |= dirty
                 raise
-            self._stored.update(dirty)
             self._evict()
 
     def _write_sync(self, rows: list[tuple[str, bytes]]) -> None:
