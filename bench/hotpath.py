@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--events-per-body", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best counts")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--users", type=int, default=5000, help="distinct users in the bodies")
     args = parser.parse_args(argv)
-    bodies = make_bodies(args.bodies, args.events_per_body, seed=args.seed)
+    bodies = make_bodies(args.bodies, args.events_per_body, users=args.users, seed=args.seed)
     events = args.bodies * args.events_per_body
     ours_rate = best_rate(ours, bodies, events, args.repeats)
     floor_rate = best_rate(floor, bodies, events, args.repeats)
