@@ -2,113 +2,161 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 
 from forwarder.iterable import Endpoint, Item, TrackEvent
 
-# Failure lists worth retrying: right after a user's bulkUpdate, Iterable may not have made
-# the user visible to trackBulk yet (its bulk endpoints are processed asynchronously), so
-# notFound* on events is retried a bounded number of times before it is dead-lettered.
-RETRYABLE_LISTS = frozenset({"notFoundEmails", "notFoundUserIds"})
-# Everything else names data Iterable will never take as sent: invalid*, forgotten*
-# (GDPR), conflict*, invalidData*, disallowed event names.
-_PARAMS_INDEX = re.compile(r"(?:^|\.)(?:events|users)\[(\d+)\]")
+# --- the wire shapes, all fields optional -------------------------------------------
+# From Iterable's OpenAPI spec (repository Iterable/api-client, `api-docs.json`):
+# events/trackBulk answers 200 with BulkTrackResponse and users/bulkUpdate with
+# UserBulkUpdateListResponse, both with successCount, failCount and failedUpdates
+# (FailedEventUpdates / FailedUserUpdates); errors are IterableApiResponse (msg, code,
+# params) with the codes of `src/types/common.ts`. Everything is read as optional.
 
 
-@dataclass
-class Outcome:
-    delivered: list[int] = field(default_factory=list)
-    dead: list[tuple[int, str]] = field(default_factory=list)
-    retry: list[int] = field(default_factory=list)
-    resend: list[int] = field(default_factory=list)
-    split: bool = False
-    retry_after: float | None = None
-    auth_failure: str | None = None
+class FailedUpdates(msgspec.Struct, kw_only=True):
+    """`failedUpdates`: FailedEventUpdates (trackBulk) and FailedUserUpdates (bulkUpdate)."""
+
+    invalidEmails: list[str] = []
+    invalidUserIds: list[str] = []
+    notFoundEmails: list[str] = []
+    notFoundUserIds: list[str] = []
+    forgottenEmails: list[str] = []
+    forgottenUserIds: list[str] = []
+    # bulkUpdate only.
+    conflictEmails: list[str] = []
+    conflictUserIds: list[str] = []
+    invalidDataEmails: list[str] = []
+    invalidDataUserIds: list[str] = []
 
 
-class ErrorBody(msgspec.Struct):
+class BulkResponse(msgspec.Struct, kw_only=True):
+    """A 200 answer of either bulk endpoint (BulkTrackResponse / UserBulkUpdateListResponse)."""
+
+    successCount: int | None = None
+    failCount: int | None = None
+    # trackBulk only, at the top level (not under failedUpdates).
+    disallowedEventNames: list[str] = []
+    # Deprecated top-level copies ("use failedUpdates instead"), still read.
+    invalidEmails: list[str] = []
+    invalidUserIds: list[str] = []
+    failedUpdates: FailedUpdates | None = None
+    # Not in the spec for these endpoints; an error code in a 200 is read as a warning sign.
+    code: str | None = None
+    msg: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """IterableApiResponse: what every non-200 answer carries (when it is JSON at all)."""
+
     msg: str | None = None
     code: str | None = None
     params: Any = None
 
 
-_error_decoder = msgspec.json.Decoder(ErrorBody)
-_any_decoder = msgspec.json.Decoder()
+# --- what the sender does with each item ----------------------------------------------
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    value = None
-    for key, text in headers.items():
-        if key.lower() == "retry-after":
-            value = text.strip()
-            break
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+class Outcome(msgspec.Struct, kw_only=True):
+    """The fate of every item of one bulk request, by index into the batch.
+
+    Unless `split` or `auth_failure` is set, every index appears in exactly one of
+    delivered, dead, retry and resend. With `split` the sender bisects the whole batch;
+    with `auth_failure` no item has a fate: the sync pauses and keeps them queued.
+    """
+
+    delivered: list[int] = []
+    dead: list[tuple[int, str]] = []
+    retry: list[int] = []
+    resend: list[int] = []
+    split: bool = False
+    retry_after: float | None = None
+    auth_failure: str | None = None
+    # One line on the whole answer, for logs and for the dead letters of retries that
+    # run out (the sender's "HTTP 200" says nothing about why an item is retried).
+    summary: str = ""
 
 
-def _error(body: bytes) -> ErrorBody:
-    try:
-        return _error_decoder.decode(body)
-    except msgspec.DecodeError:
-        text = body[:200].decode("utf-8", "replace").strip()
-        return ErrorBody(msg=text or None)
+Fate = Literal["dead", "retry", "ignore"]
+
+# Why each failure list is, or is not, worth retrying:
+# - invalid*, invalidData*: the value or the data is malformed; resending the same bytes
+#   gets the same answer.
+# - forgotten*: the user was forgotten under GDPR; Iterable refuses their data until
+#   someone unforgets them, which is an operator's act (dead letters can be replayed).
+# - conflict*: another profile already holds that email or userId; only a person can
+#   resolve it.
+# - disallowedEventNames: the project blocks that event name: configuration on
+#   Iterable's side, not a passing state.
+# - notFound* on trackBulk: the user is not visible yet. Bulk endpoints are processed
+#   asynchronously, so events sent right after the user's bulkUpdate can race it; a few
+#   retries with backoff (bounded by the sender's max_attempts / max_retry_seconds) cover
+#   that. If the user was never created the item ends as a dead letter with that reason.
+# - notFound* on bulkUpdate: the spec says these lists are "for subscribe/unsubscribe
+#   only"; a bulkUpdate creates users, so a miss there means the identity cannot be
+#   resolved (a userId alone in an email-based project without preferUserId): permanent.
+PERMANENT_LISTS = frozenset(
+    {
+        "invalidEmails",
+        "invalidUserIds",
+        "forgottenEmails",
+        "forgottenUserIds",
+        "conflictEmails",
+        "conflictUserIds",
+        "invalidDataEmails",
+        "invalidDataUserIds",
+        "disallowedEventNames",
+    }
+)
+NOT_FOUND_LISTS = frozenset({"notFoundEmails", "notFoundUserIds"})
+# Lists of field names, not identities: never failures.
+FIELD_LISTS = frozenset({"createdFields", "filteredOutFields"})
+_PERMANENT_WORDS = ("invalid", "forgotten", "conflict", "disallowed")
 
 
-def _describe(status: int, error: ErrorBody) -> str:
-    parts = [str(status)]
-    if error.code:
-        parts.append(error.code)
-    return " ".join(parts) + (f": {error.msg}" if error.msg else "")
+def classify_list(name: str, endpoint: Endpoint) -> Fate:
+    """What a failure list means for the items it names; unknown names by their words.
+
+    An unknown list that says nothing about its cause ("failedEmails" in Iterable's own
+    client, "validEmailFailures" on another bulk endpoint, where it means an internal
+    error) is retried: a bounded number of resends costs little, and a dead letter for an
+    item Iterable would have taken on the next try is the worse mistake.
+    """
+    if name in PERMANENT_LISTS:
+        return "dead"
+    if name in NOT_FOUND_LISTS or "notfound" in name.lower():
+        return "retry" if endpoint is Endpoint.TRACK_BULK else "dead"
+    if name.startswith("noOp"):
+        return "ignore"  # peers' mocks: the update changed nothing, Iterable took it
+    lowered = name.lower()
+    if any(word in lowered for word in _PERMANENT_WORDS):
+        return "dead"
+    return "retry"
 
 
-def _named_index(params: Any, count: int) -> int | None:
-    """The item a 400's params point at, like "obj.events[1].createdAt"."""
-    texts: list[str] = []
-    if isinstance(params, str):
-        texts.append(params)
-    elif isinstance(params, Mapping):
-        texts.extend(str(k) for k in params)
-        texts.extend(str(v) for v in params.values())
-    elif isinstance(params, list):
-        texts.extend(str(v) for v in params)
-    for text in texts:
-        match = _PARAMS_INDEX.search(text)
-        if match and int(match.group(1)) < count:
-            return int(match.group(1))
+IdentityKind = Literal["email", "userId", "eventName"]
+
+
+def identity_kind(name: str) -> IdentityKind | None:
+    """Which item field a failure list's values are, from its name; None if it cannot say."""
+    if name.endswith("EventNames"):
+        return "eventName"
+    if "Email" in name:
+        return "email"
+    if "UserId" in name:
+        return "userId"
     return None
 
 
-def _failure_lists(answer: Any) -> dict[str, list[Any]]:
-    """Every list of failed identities, top level or under failedUpdates."""
-    lists: dict[str, list[Any]] = {}
-    if not isinstance(answer, dict):
-        return lists
-    sources = [answer]
-    if isinstance(answer.get("failedUpdates"), dict):
-        sources.append(answer["failedUpdates"])
-    for source in sources:
-        for name, value in source.items():
-            if value and isinstance(value, list) and name not in ("createdFields", "filteredOutFields"):
-                if name.startswith("noOp"):
-                    continue  # no-op updates are not failures
-                lists.setdefault(name, []).extend(value)
-    return lists
+# --- the entry point ------------------------------------------------------------------
 
 
 def read_outcome(
@@ -117,80 +165,385 @@ def read_outcome(
     headers: Mapping[str, str],
     body: bytes,
     items: Sequence[Item],
+    *,
+    now: float | None = None,
 ) -> Outcome:
-    everything = list(range(len(items)))
+    """Iterable's answer to one bulk request of `items`, as a fate per item.
+
+    `status` None means no answer (timeout, connection error). `now` (Unix seconds) is
+    for tests of an HTTP-date Retry-After.
+    """
+    count = len(items)
+    everything = list(range(count))
     if status is None or status == 408 or status == 429 or status >= 500:
-        return Outcome(retry=everything, retry_after=parse_retry_after(headers))
+        # The request itself failed or was refused for now: Iterable took nothing.
+        why = (
+            "no answer (timeout or connection error)" if status is None else _describe(status, body)
+        )
+        return Outcome(retry=everything, retry_after=parse_retry_after(headers, now), summary=why)
+    if 200 <= status < 300:
+        return _read_success(endpoint, body, items)
     if status in (401, 403):
-        error = _error(body)
-        return Outcome(auth_failure=_describe(status, error))
-    if status == 400:
-        error = _error(body)
-        named = _named_index(error.params, len(items))
-        why = _describe(status, error)
-        if named is not None:
-            return Outcome(dead=[(named, why)], resend=[i for i in everything if i != named])
-        if len(items) == 1:
-            return Outcome(dead=[(0, why)])
-        return Outcome(split=True)
-    if status == 409:
-        error = _error(body)
-        if len(items) == 1:
-            return Outcome(dead=[(0, _describe(status, error))])
-        return Outcome(split=True)
-    if status == 413 and len(items) > 1:
-        return Outcome(split=True)
-    if status != 200:
-        # Any other answer is about the request itself: never retried forever, never
-        # dropped silently.
-        why = _describe(status, _error(body))
-        return Outcome(dead=[(i, why) for i in everything])
-    return _read_success(endpoint, body, items)
+        # A bad, disabled or under-privileged key: configuration, not data.
+        why = _describe(status, body)
+        return Outcome(auth_failure=why, summary=why)
+    if status in (404, 405):
+        # The bulk endpoints exist on every Iterable project: a 404/405 means a wrong
+        # base_url or proxy, which is configuration too. Pausing keeps the data; burning
+        # every item into dead letters on a typo would not.
+        why = _describe(status, body) + " (check base_url / region)"
+        return Outcome(auth_failure=why, summary=why)
+    if status in (400, 409):
+        return _read_rejection(endpoint, status, body, count)
+    if status == 413:
+        # Too large as a whole: halves fit; a single item that is too large never will.
+        why = _describe(status, body)
+        if count == 1:
+            return Outcome(dead=[(0, why)], summary=why)
+        return Outcome(split=True, summary=why)
+    # Any other answer (404, 405, 422, a 3xx...) is about the request, not a passing state:
+    # dead letters keep the items for a replay once the cause is fixed.
+    why = _describe(status, body)
+    return Outcome(dead=[(i, why) for i in everything], summary=why)
+
+
+# --- 400 / 409: the whole request refused ---------------------------------------------
+
+
+def _read_rejection(endpoint: Endpoint, status: int, body: bytes, count: int) -> Outcome:
+    """A 400 (BadJsonBody, RequestFieldsTypesMismatched, ...) or 409 (identity conflict).
+
+    Iterable refuses the WHOLE bulk request for one bad item. When the error names items
+    (`params` like {"obj.events[1].createdAt": ...}), only those are dead and the others
+    go again at once; otherwise the sender bisects to find the bad one.
+    """
+    error = read_error(body)
+    why = _describe(status, body, error)
+    named = named_indexes(error, endpoint, count)
+    if named:
+        bad = set(named)
+        resend = [i for i in range(count) if i not in bad]
+        return Outcome(dead=[(i, why) for i in named], resend=resend, summary=why)
+    if count == 1:
+        return Outcome(dead=[(0, why)], summary=why)
+    return Outcome(split=True, summary=why)
+
+
+def named_indexes(error: ErrorResponse, endpoint: Endpoint, count: int) -> list[int]:
+    """Indexes of the batch an error names, like "obj.events[1].createdAt" or "users[3]".
+
+    `params` is searched first (its keys and string values, nested); `msg` only when
+    params names nothing. Indexes outside the batch are ignored, as are paths into the
+    other endpoint's list.
+    """
+    pattern = _INDEX_PATTERNS[endpoint]
+    found: set[int] = set()
+    for text in _texts(error.params):
+        found.update(int(m.group(1)) for m in pattern.finditer(text))
+    if not found and error.msg:
+        found.update(int(m.group(1)) for m in pattern.finditer(error.msg))
+    return sorted(i for i in found if i < count)
+
+
+_INDEX_PATTERNS = {
+    endpoint: re.compile(r"(?<![A-Za-z0-9_])" + endpoint.list_key + r"\[(\d+)\]")
+    for endpoint in Endpoint
+}
+
+
+def _texts(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in a params value: dict keys and values, list elements, nested."""
+    if depth > 4:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield str(key)
+            yield from _texts(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _texts(inner, depth + 1)
+
+
+# --- 200: per-item failures -----------------------------------------------------------
 
 
 def _read_success(endpoint: Endpoint, body: bytes, items: Sequence[Item]) -> Outcome:
-    try:
-        answer = _any_decoder.decode(body) if body.strip() else {}
-    except msgspec.DecodeError:
-        # A 200 we cannot read: Iterable took the request; nothing names a failure.
-        answer = {}
-    lists = _failure_lists(answer)
+    count = len(items)
+    raw = _decode_json(body)
+    if not isinstance(raw, dict):
+        # Empty, not JSON, or not an object: Iterable took the request (the status says
+        # so) and nothing in the body contradicts it. Resending could not be verified
+        # either, so the items count as delivered; the summary lets the sender log it.
+        excerpt = _status_text(body)
+        summary = "2xx without a JSON object body, taken as delivered"
+        return Outcome(
+            delivered=list(range(count)),
+            summary=summary + (f" (body: {excerpt})" if excerpt else ""),
+        )
+    response = read_bulk_response(raw)
+    lists = failure_lists(response, raw)
+    fates = _match(endpoint, lists, items)
+    failed = sum(1 for fate, _ in fates.values() if fate != "ignore")
+    ignored = len(fates) - failed
+
+    # Counts are Iterable's own tally; when they report more failures than the lists
+    # name (a list we cannot match, a value normalised differently), we cannot tell which
+    # unnamed items failed, so those are retried (resends are idempotent: an event id
+    # updates, a user update rewrites the same fields) rather than counted as delivered.
+    shortfalls = []
+    if response.failCount is not None:
+        shortfalls.append(response.failCount - failed)
+    if response.successCount is not None:
+        shortfalls.append(count - response.successCount - failed - ignored)
+    unexplained = max(shortfalls, default=0)
+    no_counts = response.successCount is None and response.failCount is None
+    error_code = response.code not in (None, "", "Success")
+    if no_counts and not lists and error_code:
+        # A 2xx that calls itself an error and reports nothing: do not trust it as taken.
+        unexplained = count
+
+    summary = _success_summary(response, lists, fates, unexplained, error_code)
+    if not fates and unexplained <= 0:
+        return Outcome(delivered=list(range(count)), summary=summary)  # the usual answer
+    # A list naming an item wins over counts that say everything succeeded: a dead letter
+    # can be replayed, an item wrongly counted as delivered is lost.
+    outcome = Outcome(summary=summary)
+    unnamed = outcome.retry if unexplained > 0 else outcome.delivered
+    for index in range(count):
+        fate = fates.get(index)
+        if fate is None:
+            unnamed.append(index)
+        elif fate[0] == "dead":
+            outcome.dead.append((index, fate[1]))
+        elif fate[0] == "retry":
+            outcome.retry.append(index)
+        else:
+            outcome.delivered.append(index)
+    return outcome
+
+
+def read_bulk_response(raw: Mapping[str, Any]) -> BulkResponse:
+    """The known fields of a decoded 200 body; wrong types are dropped, never raised."""
+    failed = raw.get("failedUpdates")
+    return BulkResponse(
+        successCount=_count(raw.get("successCount")),
+        failCount=_count(raw.get("failCount")),
+        disallowedEventNames=_strings(raw.get("disallowedEventNames")),
+        invalidEmails=_strings(raw.get("invalidEmails")),
+        invalidUserIds=_strings(raw.get("invalidUserIds")),
+        failedUpdates=(
+            FailedUpdates(
+                **{name: _strings(failed.get(name)) for name in FailedUpdates.__struct_fields__}
+            )
+            if isinstance(failed, Mapping)
+            else None
+        ),
+        code=raw.get("code") if isinstance(raw.get("code"), str) else None,
+        msg=raw.get("msg") if isinstance(raw.get("msg"), str) else None,
+    )
+
+
+def failure_lists(response: BulkResponse, raw: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every non-empty list of failed identities, known or not, by name.
+
+    A name present both at the top level (deprecated) and under failedUpdates is merged.
+    Unknown lists are kept when their name says what they hold (Email, UserId,
+    EventNames); lists of field names are not failures.
+    """
+    lists: dict[str, list[str]] = {}
+
+    def add(name: str, values: list[str]) -> None:
+        if values:
+            lists.setdefault(name, []).extend(values)
+
+    add("disallowedEventNames", response.disallowedEventNames)
+    add("invalidEmails", response.invalidEmails)
+    add("invalidUserIds", response.invalidUserIds)
+    if response.failedUpdates is not None:
+        for name in FailedUpdates.__struct_fields__:
+            add(name, getattr(response.failedUpdates, name))
+    known = set(BulkResponse.__struct_fields__) | set(FailedUpdates.__struct_fields__) | FIELD_LISTS
+    nested = raw.get("failedUpdates")
+    for source in (raw, nested if isinstance(nested, Mapping) else {}):
+        for name, value in source.items():
+            if name in known or not isinstance(value, list) or identity_kind(name) is None:
+                continue
+            add(name, _strings(value))
+    return lists
+
+
+def _match(
+    endpoint: Endpoint, lists: Mapping[str, list[str]], items: Sequence[Item]
+) -> dict[int, tuple[Fate, str]]:
+    """Index -> (fate, list name) for every item a failure list names.
+
+    Emails match case-insensitively and trimmed (Iterable lowercases them), userIds and
+    event names exactly (a trimmed userId is tried when the exact one is not found). A
+    permanent failure wins over a retryable one, and both over a no-op.
+    """
     if not lists:
-        return Outcome(delivered=list(range(len(items))))
+        return {}
     by_email: dict[str, list[int]] = {}
     by_user_id: dict[str, list[int]] = {}
     by_event_name: dict[str, list[int]] = {}
     for index, item in enumerate(items):
         if item.email:
-            by_email.setdefault(item.email.lower(), []).append(index)
+            by_email.setdefault(item.email.strip().lower(), []).append(index)
         if item.userId:
             by_user_id.setdefault(item.userId, []).append(index)
         if isinstance(item, TrackEvent):
             by_event_name.setdefault(item.eventName, []).append(index)
-    fate: dict[int, tuple[bool, str]] = {}  # index -> (retry?, reason)
+    stripped_user_ids: dict[str, list[int]] | None = None
+
+    fates: dict[int, tuple[Fate, str]] = {}
+    rank: dict[Fate, int] = {"dead": 2, "retry": 1, "ignore": 0}
     for name, values in lists.items():
-        retry = name in RETRYABLE_LISTS and endpoint is Endpoint.TRACK_BULK
+        fate = classify_list(name, endpoint)
+        kind = identity_kind(name)
         for value in values:
-            if not isinstance(value, str):
-                continue
-            if name == "disallowedEventNames":
-                hits = by_event_name.get(value, [])
-            elif "Email" in name:
-                hits = by_email.get(value.lower(), [])
-            elif "UserId" in name:
+            if kind == "email":
+                hits = by_email.get(value.strip().lower(), [])
+            elif kind == "userId":
                 hits = by_user_id.get(value, [])
+                if not hits:
+                    if stripped_user_ids is None:
+                        stripped_user_ids = {}
+                        for key, indexes in by_user_id.items():
+                            stripped_user_ids.setdefault(key.strip(), []).extend(indexes)
+                    hits = stripped_user_ids.get(value.strip(), [])
+            elif kind == "eventName":
+                hits = by_event_name.get(value, [])
             else:
-                hits = by_email.get(value.lower(), []) + by_user_id.get(value, [])
+                hits = []
             for index in hits:
-                # A permanent failure wins over a retryable one for the same item.
-                if index not in fate or (fate[index][0] and not retry):
-                    fate[index] = (retry, name)
-    outcome = Outcome()
-    for index in range(len(items)):
-        if index not in fate:
-            outcome.delivered.append(index)
-        elif fate[index][0]:
-            outcome.retry.append(index)
-        else:
-            outcome.dead.append((index, fate[index][1]))
-    return outcome
+                current = fates.get(index)
+                if current is None or rank[fate] > rank[current[0]]:
+                    fates[index] = (fate, name)
+    return fates
+
+
+def _success_summary(
+    response: BulkResponse,
+    lists: Mapping[str, list[str]],
+    fates: Mapping[int, tuple[Fate, str]],
+    unexplained: int,
+    error_code: bool,
+) -> str:
+    parts = []
+    if response.successCount is not None or response.failCount is not None:
+        parts.append(f"successCount {response.successCount}, failCount {response.failCount}")
+    by_list: dict[str, int] = {}
+    for _, name in fates.values():
+        by_list[name] = by_list.get(name, 0) + 1
+    parts.extend(f"{n} in {name}" for name, n in sorted(by_list.items()))
+    unmatched = sorted(name for name in lists if name not in by_list)
+    if unmatched:
+        parts.append("unmatched values in " + ", ".join(unmatched))
+    if unexplained > 0:
+        parts.append(f"{unexplained} failure(s) not named by any list: unnamed items retried")
+    if error_code:
+        parts.append(f"code {response.code}: {_scrub(response.msg or '')}".rstrip(": "))
+    return "200: " + ("; ".join(parts) if parts else "all delivered")
+
+
+# --- small readers --------------------------------------------------------------------
+
+
+def read_error(body: bytes) -> ErrorResponse:
+    """The msg/code/params of an error body; a body that is not JSON becomes the msg."""
+    raw = _decode_json(body)
+    if isinstance(raw, dict):
+        msg = raw.get("msg")
+        code = raw.get("code")
+        return ErrorResponse(
+            msg=msg if isinstance(msg, str) else None,
+            code=code if isinstance(code, str) else None,
+            params=raw.get("params"),
+        )
+    return ErrorResponse(msg=_status_text(body) or None)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad.
+
+    Iterable documents no Retry-After; we honour one when a proxy or Iterable sends it.
+    Capping it is the retry policy's job.
+    """
+    value = headers.get("Retry-After")
+    if value is None:
+        for key, text in headers.items():
+            if key.lower() == "retry-after":
+                value = text
+                break
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses as naive
+            moment = moment.replace(tzinfo=datetime.UTC)
+        return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _describe(status: int, body: bytes, error: ErrorResponse | None = None) -> str:
+    """The status, Iterable's code and message, one line, keys masked: "400 BadJsonBody: msg"."""
+    error = read_error(body) if error is None else error
+    text = str(status)
+    if error.code:
+        text += f" {error.code}"
+    if error.msg:
+        text += f": {_scrub(error.msg)}"
+    return text
+
+
+# Iterable API keys are 32 hex characters; an error message that echoes one must not
+# carry it into logs or dead letters.
+_KEY_LIKE = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{32}(?![0-9A-Za-z])")
+_MAX_MESSAGE = 300
+
+
+def _scrub(text: str) -> str:
+    text = _KEY_LIKE.sub("<redacted>", " ".join(text.split()))
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+
+def _status_text(body: bytes) -> str:
+    """A short, single-line, key-free excerpt of a body that is not JSON."""
+    return _scrub(body[: _MAX_MESSAGE * 2].decode("utf-8", "replace"))
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body or not body.strip():
+        return None
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _strings(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

@@ -442,12 +442,11 @@ class SyncDelivery:
         self.stats.observe_latency(endpoint.value, time.monotonic() - started)
         self.stats.responses[(endpoint.value, str(status) if status is not None else "error")] += 1
         outcome = read_outcome(endpoint, status, headers, answer, [q.item for q in items])
+        if status is not None:
+            reason = outcome.summary or reason
         if status != 200 or outcome.dead or outcome.retry:
-            text = answer[:300].decode("utf-8", "replace")
             self.stats.last_error_at = time.time()
-            self.stats.last_error = f"{endpoint.value}: {reason} {text}".strip()
-            if status is not None and status != 200:
-                reason = f"{reason} {text}".strip()
+            self.stats.last_error = f"{endpoint.value}: {reason}"
         return outcome, reason
 
     # --- settling ------------------------------------------------------------------
@@ -473,14 +472,14 @@ class SyncDelivery:
     def _pause(self, why: str) -> None:
         if self.paused is None:
             log.error(
-                "Iterable refused the API key %s: sync paused, items stay queued (%s)",
+                "Iterable refused the requests of API key %s: sync paused, items stay queued (%s)",
                 mask(self.sync.api_key),
                 why,
                 extra={"sync": self.name},
             )
         else:
             self._probe_interval = min(self._probe_interval * 2, 3600.0)
-        self.paused = f"Iterable refused the API key: {why}"
+        self.paused = f"Iterable refused the API key or URL: {why}"
         self._probe_at = time.monotonic() + self._probe_interval
 
     def _resume(self) -> None:
