@@ -8,7 +8,7 @@ import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 import msgspec
@@ -36,22 +36,36 @@ class RateGate:
     An aiolimiter paces requests one every 1/rate seconds (no bursts). On top, a
     sliding window of the last sends makes sure no one-second window ever holds more
     than `rate` of them even when the event loop runs late and two paced sends bunch up.
+    Each window entry is a stamp the HTTP client moves to the moment the request's
+    headers actually left, so a send delayed by a busy loop counts from when it left.
     """
 
     def __init__(self, rate: float, headroom: float = 0.0) -> None:
         self.rate = rate
         self.limiter = AsyncLimiter(1, (1.0 + headroom) / rate)
-        self._window: deque[float] = deque(maxlen=max(1, int(rate)))
+        self._window: deque[list[float]] = deque(maxlen=max(1, int(rate)))
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> list[float]:
+        """Wait for a turn; the stamp to hand to the request (see `stamp_sent`)."""
         await self.limiter.acquire()
         window = self._window
         while len(window) == window.maxlen:
-            wait = window[0] + 1.0 - time.monotonic()
+            wait = window[0][0] + 1.0 - time.monotonic()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
-        window.append(time.monotonic())
+        stamp = [time.monotonic()]
+        window.append(stamp)
+        return stamp
+
+
+async def stamp_sent(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    """aiohttp trace hook: the request's headers are out; move its window stamp there."""
+    stamp = context.trace_request_ctx
+    if isinstance(stamp, list):
+        stamp[0] = time.monotonic()
 
 
 class LimiterRegistry:
@@ -224,9 +238,12 @@ class SyncDelivery:
         connector = aiohttp.TCPConnector(
             limit=2 * self.sync.delivery.max_in_flight + 2, keepalive_timeout=60
         )
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(stamp_sent)
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             connector=connector,
+            trace_configs=[tracing],
             headers={"Api-Key": self.sync.api_key, "Content-Type": "application/json"},
             raise_for_status=False,
         )
@@ -294,7 +311,7 @@ class SyncDelivery:
                 continue
             await slots.acquire()
             try:
-                await limiter.acquire()
+                stamp = await limiter.acquire()
                 batch = lanes.take_batch(endpoint, caps)
             except BaseException:
                 slots.release()
@@ -302,7 +319,7 @@ class SyncDelivery:
             if not batch:
                 slots.release()
                 continue
-            task = asyncio.create_task(self._deliver(endpoint, batch))
+            task = asyncio.create_task(self._deliver(endpoint, batch, stamp))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -322,7 +339,7 @@ class SyncDelivery:
 
     # --- one batch, through every retry --------------------------------------------
 
-    async def _deliver(self, endpoint: Endpoint, batch: list[Queued]) -> None:
+    async def _deliver(self, endpoint: Endpoint, batch: list[Queued], stamp: list[float]) -> None:
         """Send a batch until every item is delivered, dead or handed back; holds its users."""
         users = {q.user for q in batch}
         back: list[Queued] = []
@@ -335,9 +352,9 @@ class SyncDelivery:
             while work:
                 items = work.popleft()
                 if not first:
-                    await limiter.acquire()
+                    stamp = await limiter.acquire()
                 first = False
-                outcome, reason = await self._post(endpoint, items)
+                outcome, reason = await self._post(endpoint, items, stamp)
                 if outcome.auth_failure is not None:
                     self._pause(outcome.auth_failure)
                     back.extend(items)
@@ -415,7 +432,9 @@ class SyncDelivery:
         attempt = max((q.attempts for q in keep), default=1)
         return self.policy.next_delay(attempt, retry_after, self._rng)
 
-    async def _post(self, endpoint: Endpoint, items: list[Queued]) -> tuple[Outcome, str]:
+    async def _post(
+        self, endpoint: Endpoint, items: list[Queued], stamp: list[float]
+    ) -> tuple[Outcome, str]:
         """One HTTP request; the answer read into an outcome, and a short reason for logs."""
         assert self._session is not None, "start() first"
         body = assemble_body(endpoint, [q.encoded for q in items])
@@ -431,7 +450,7 @@ class SyncDelivery:
         self.stats.items_sent[endpoint.value] += len(items)
         started = time.monotonic()
         try:
-            async with self._session.post(url, data=body) as response:
+            async with self._session.post(url, data=body, trace_request_ctx=stamp) as response:
                 answer = await response.read()
                 status = response.status
                 headers = response.headers
