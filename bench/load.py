@@ -100,20 +100,11 @@ class ClientTally:
     errors: int = 0
 
 
-def peak_rss_mb(pid: int) -> float:
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process from /proc (VmRSS now, VmHWM the peak), in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -194,7 +185,7 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
                     print(
                         f"  t={elapsed:4.0f}s accepted {tally.events_accepted:>10,} "
                         f"delivered {delivered:>10,.0f} queue {queue:>9,.0f} "
-                        f"429s {tally.statuses.get(429, 0):>6,} rss {rss_mb(pid):6.0f} MB",
+                        f"429s {tally.statuses.get(429, 0):>6,} rss {memory_mb(pid):6.0f} MB",
                         flush=True,
                     )
 
@@ -234,7 +225,7 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
         "simulator_429s": sim.get("rate_limited"),
         "simulator_max_requests_in_one_second": sim.get("max_requests_in_one_second"),
         "peak_queue_items": peak_queue,
-        "daemon_peak_rss_mb": round(peak_rss_mb(pid), 1),
+        "daemon_peak_rss_mb": round(memory_mb(pid, "VmHWM"), 1),
     }
 
 
