@@ -249,7 +249,7 @@ class SqliteProfileStore:
                 # Remembered as new, so is_new() needs no second look at the disk.
                 self._cache[user] = {}
                 self._new.add(user)
-        self._evict()
+        self._evict(keep=set(users))
 
     def _read_sync(self, users: list[str]) -> dict[str, dict[str, Any]]:
         assert self._db is not None
@@ -276,7 +276,7 @@ class SqliteProfileStore:
             profile = {}
             self._new.add(user)
         self._cache[user] = profile
-        self._evict()
+        self._evict(keep=(user,))
         return profile
 
     def is_new(self, user: str) -> bool:
@@ -292,15 +292,19 @@ class SqliteProfileStore:
         self._new.discard(user)
         self._dirty.add(user)
 
-    def _evict(self) -> None:
-        """Drop the least recently used clean entries past cache_size (dirty ones stay)."""
+    def _evict(self, keep: Collection[str] = ()) -> None:
+        """Drop least recently used clean entries past cache_size.
+
+        Dirty entries stay until written, and so do `keep` (the users a caller is about to
+        use: evicting the dict just handed out would lose the caller's changes).
+        """
         excess = len(self._cache) - self.cache_size
         if excess <= 0:
             return
-        for user in list(self._cache)[: excess + len(self._dirty)]:
+        for user in list(self._cache):
             if excess <= 0:
                 break
-            if user in self._dirty:
+            if user in self._dirty or user in keep:
                 continue
             del self._cache[user]
             self._new.discard(user)
