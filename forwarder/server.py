@@ -78,7 +78,7 @@ async def _read_body(request: web.Request, state: IngestState) -> bytes:
                     f"Payload too large: more than {state.max_body_bytes} bytes"
                 )
             chunks.append(chunk)
-    except (web.HTTPException, ConnectionError):
+    except (RejectedRequest, web.HTTPException, ConnectionError):
         raise
     except Exception as error:  # a corrupt gzip stream surfaces here
         raise amplitude.bad_request(f"Cannot read request body: {error}") from None
