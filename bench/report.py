@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS", Path(__file__).parent / "results"))
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
@@ -31,6 +32,4 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 1
