@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
         from bench import hotpath, load
 
         hotpath.main([])
-        load.main(["--seconds", "20", "--durability", "both", "--overload", "--quiet", *rest])
+        load.main(["--seconds", "15", "--durability", "both", "--overload", "--quiet", *rest])
     else:
         print(USAGE, file=sys.stderr)
         return 2
