@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             track_rate=2, update_rate=2, max_events_per_request=500, max_users_per_request=500,
             max_queued_items=50_000, name="overload",
         )
-        print(f"overload: Iterable absorbs ~1,000 events/s, queue cap 50,000 items:", flush=True)
+        print("overload: Iterable absorbs ~1,000 events/s, queue cap 50,000 items:", flush=True)
         result = run_scenario(scenario, not args.quiet)
         print_result(result)
         write_result("load-overload", result)

@@ -90,4 +90,6 @@ def read_letters(path: Path) -> Iterator[DeadLetter | str]:
 
 def reason_kind(reason: str) -> str:
     """The reason without its free-text detail, for counting: 'invalidEmails', '400 BadJsonBody'."""
-    return reason.split(":", 1)[0].strip()
+    kind = reason.split(":", 1)[0].strip()
+    # "retries exhausted after 8 attempts" -> one label, not one per attempt count.
+    return "retries exhausted" if kind.startswith("retries exhausted") else kind

@@ -127,7 +127,7 @@ class ForwarderCollector:
                 if histogram is not None:
                     cumulative = 0
                     buckets = []
-                    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram.counts):
+                    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True):
                         cumulative += count
                         buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
                     latency.add_metric([name, e], buckets, histogram.total)

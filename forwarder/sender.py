@@ -16,7 +16,7 @@ from aiolimiter import AsyncLimiter
 
 from forwarder.amplitude import mask
 from forwarder.config import SyncConfig
-from forwarder.deadletters import DeadLetterFile, make_letter
+from forwarder.deadletters import DeadLetterFile, make_letter, reason_kind
 from forwarder.iterable import Endpoint, Item, assemble_body, body_envelope, identity_of
 from forwarder.outcome import Outcome, read_outcome
 from forwarder.pipeline import BatchCaps, Lanes, Queued
@@ -225,7 +225,7 @@ class SyncDelivery:
         queued = Queued(identity_of(item), endpoint, item, encoded, ack=ack)
         if len(encoded) > self._max_item_bytes[endpoint]:
             # It could never be sent: say so now rather than block its user's lane.
-            self._dead([(queued, f"item larger than max_request_bytes ({len(encoded)} bytes)")])
+            self._dead([(queued, f"item larger than max_request_bytes: {len(encoded)} bytes")])
             return
         self.lanes.put(queued)
         self._idle.clear()
@@ -478,8 +478,8 @@ class SyncDelivery:
             self.dead_letters.write(records)
         except OSError:
             log.exception("cannot write dead letters", extra={"sync": self.name})
-        for queued, why in letters:
-            self.stats.dead[why.split(":", 1)[0]] += 1
+        for _, why in letters:
+            self.stats.dead[reason_kind(why)] += 1
         self._settled([q for q, _ in letters], False)
 
     def _settled(self, items: list[Queued], delivered: bool) -> None:
