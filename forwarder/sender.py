@@ -298,9 +298,12 @@ class SyncDelivery:
                 await wake.wait()
                 continue
             now = time.monotonic()
-            if self.paused is not None and now < self._probe_at:
-                await self._sleep_or_wake(wake, self._probe_at - now)
-                continue
+            if self.paused is not None:
+                if now < self._probe_at:
+                    await self._sleep_or_wake(wake, self._probe_at - now)
+                    continue
+                # One probe batch per interval while paused, not max_in_flight of them.
+                self._probe_at = now + self._probe_interval
             full = (
                 lanes.queued_per_endpoint[endpoint] >= caps.max_items
                 or lanes.bytes_per_endpoint[endpoint] >= caps.max_bytes
