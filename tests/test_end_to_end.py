@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify
 
 from forwarder.simulator import SimulatorConfig, SimulatorState, build_simulator_app
@@ -30,7 +31,7 @@ SYNC_SETTINGS: dict[str, Any] = {
 }
 
 
-def run_sdk(url: str, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, int]]:
+def run_sdk(url: str, calls: list[tuple[str, Any, Any]], route: str = "/2/httpapi") -> list[tuple[str, int]]:
     """Drive the real SDK (threaded, blocking) and collect every callback's code."""
     results: list[tuple[str, int]] = []
 
@@ -39,7 +40,13 @@ def run_sdk(url: str, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, int]
 
     client = Amplitude(
         AMPLITUDE_KEY,
-        Config(server_url=f"{url}/2/httpapi", flush_queue_size=50, flush_interval_millis=100, callback=callback),
+        Config(
+            server_url=f"{url}{route}",
+            use_batch=route == "/batch",
+            flush_queue_size=50,
+            flush_interval_millis=100,
+            callback=callback,
+        ),
     )
     for kind, first, second in calls:
         if kind == "identify":
@@ -51,7 +58,8 @@ def run_sdk(url: str, calls: list[tuple[str, Any, Any]]) -> list[tuple[str, int]
     return results
 
 
-async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["/2/httpapi", "/batch"])
+async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: Path, route: str) -> None:
     state = SimulatorState()
     runner, sim_url = await serve(
         build_simulator_app(SimulatorConfig(require_user_first=True, track_bulk_per_second=100), state)
@@ -86,7 +94,7 @@ async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: P
         calls.append(("track", BaseEvent("Logged In", user_id=user, insert_id="other"), None))
         # A device-only user with no email: counted, never sent.
         calls.append(("track", BaseEvent("Purchase", device_id="device-without-user", insert_id="anon", event_properties={"price": 50}), None))
-        results = await asyncio.to_thread(run_sdk, daemon.url, calls)
+        results = await asyncio.to_thread(run_sdk, daemon.url, calls, route)
         assert results and all(code == 200 for _, code in results), results
 
         await eventually(lambda: "purchase-1" in state.event_ids, timeout=20)
