@@ -13,6 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from forwarder.iterable import Endpoint, Item, TrackEvent
+from forwarder.values import as_integer
 
 # --- the wire shapes, all fields optional -------------------------------------------
 # From Iterable's OpenAPI spec (repository Iterable/api-client, `api-docs.json`):
@@ -328,8 +329,8 @@ def read_bulk_response(raw: Mapping[str, Any]) -> BulkResponse:
     """The known fields of a decoded 200 body; wrong types are dropped, never raised."""
     failed = raw.get("failedUpdates")
     return BulkResponse(
-        successCount=_count(raw.get("successCount")),
-        failCount=_count(raw.get("failCount")),
+        successCount=as_integer(raw.get("successCount")),
+        failCount=as_integer(raw.get("failCount")),
         disallowedEventNames=_strings(raw.get("disallowedEventNames")),
         invalidEmails=_strings(raw.get("invalidEmails")),
         invalidUserIds=_strings(raw.get("invalidUserIds")),
@@ -537,13 +538,3 @@ def _strings(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)]
 
 
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None

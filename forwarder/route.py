@@ -12,6 +12,7 @@ import msgspec
 from forwarder.amplitude import GROUP_IDENTIFY_EVENT, IDENTIFY_EVENT, Event
 from forwarder.config import Filter, SyncConfig
 from forwarder.iterable import TrackEvent, UserUpdate
+from forwarder.values import as_integer, as_number
 
 
 class _Missing:
@@ -91,20 +92,6 @@ def resolve(path: str, event: Event, profile: Mapping[str, Any]) -> Any:
 # --- filters ----------------------------------------------------------------------------
 
 
-def _as_number(value: Any) -> float | None:
-    """Numbers, and strings that spell one; never booleans (True is not 1 here)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
 def values_equal(actual: Any, expected: Any) -> bool:
     """Equality as a person means it in a filter: 10 == "10" == 10.0, but True != 1."""
     if isinstance(actual, bool) or isinstance(expected, bool):
@@ -115,7 +102,7 @@ def values_equal(actual: Any, expected: Any) -> bool:
         if isinstance(expected, str) and isinstance(actual, bool):
             return expected.lower() == str(actual).lower()
         return False
-    left, right = _as_number(actual), _as_number(expected)
+    left, right = as_number(actual), as_number(expected)
     if left is not None and right is not None:
         return left == right
     return bool(actual == expected)
@@ -165,11 +152,11 @@ def compile_filter(rule: Filter) -> Predicate:
             return any(_contains(actual, option) for option in options) is want
 
         return containment
-    bound = _as_number(expected)
+    bound = as_number(expected)
     greater = op == "greater than"
 
     def comparison(e: Event, p: Mapping[str, Any]) -> bool:
-        actual = _as_number(get(e, p))
+        actual = as_number(get(e, p))
         if actual is None or bound is None:
             return False
         return actual > bound if greater else actual < bound
@@ -178,22 +165,6 @@ def compile_filter(rule: Filter) -> Predicate:
 
 
 # --- the compiled sync ------------------------------------------------------------------
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            number = _as_number(value)
-            return int(number) if number is not None and number.is_integer() else None
-    return None
 
 
 class CompiledSync:
@@ -302,8 +273,8 @@ def route_event(
         email=identity[0],
         userId=identity[1],
         dataFields=fields or None,
-        campaignId=_integer(sync.campaign_id(event, profile)) if sync.campaign_id else None,
-        templateId=_integer(sync.template_id(event, profile)) if sync.template_id else None,
+        campaignId=as_integer(sync.campaign_id(event, profile)) if sync.campaign_id else None,
+        templateId=as_integer(sync.template_id(event, profile)) if sync.template_id else None,
     )
     return EventRoute(item, None)
 
