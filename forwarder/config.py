@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from forwarder.amplitude import EVENT_FIELDS
+
 # Amplitude property paths a mapping or filter may name: a top-level event field, or a
 # property inside event_properties / user_properties.
 PROPERTY_PREFIXES = ("event_properties.", "user_properties.")
@@ -229,14 +231,19 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     return parse_config(raw, env)
 
 
+_PATH_HINT = " (use an Amplitude event field such as user_id, event_properties.NAME or user_properties.NAME)"
+
+
 def is_property_path(path: str) -> bool:
-    """True for `user_id`-style top-level fields and `event_properties.X` / `user_properties.X`."""
+    """True for a top-level event field (`user_id`, `country`, ...) and `event_properties.X` /
+    `user_properties.X`. A top-level name must be a field the ingest keeps: a typo such as
+    `user_Id` would otherwise resolve to nothing on every event, silently."""
     if not path or path != path.strip():
         return False
     for prefix in PROPERTY_PREFIXES:
         if path.startswith(prefix):
             return len(path) > len(prefix)
-    return "." not in path
+    return path in EVENT_FIELDS
 
 
 def check_config(config: Config) -> None:
@@ -284,10 +291,10 @@ def _check_mappings(mappings: MappingsConfig, at: str) -> None:
     for key in ("email", "user_id", "campaign_id", "template_id"):
         path = getattr(mappings, key)
         if path is not None and not is_property_path(path):
-            raise ConfigError(f"{at}.{key}", f"not a property path: {path!r}")
+            raise ConfigError(f"{at}.{key}", f"not a property path: {path!r}{_PATH_HINT}")
     for source, target in mappings.fields.items():
         if not is_property_path(source):
-            raise ConfigError(f"{at}.fields.{source}", "not a property path")
+            raise ConfigError(f"{at}.fields.{source}", f"not a property path{_PATH_HINT}")
         if not target:
             raise ConfigError(f"{at}.fields.{source}", "Iterable field name is empty")
 
@@ -298,7 +305,7 @@ def _check_events(events: EventsConfig, at: str) -> None:
             raise ConfigError(f"{at}.select[{j}]", "is empty")
     for j, rule in enumerate(events.where):
         if not is_property_path(rule.field):
-            raise ConfigError(f"{at}.where[{j}].field", f"not a property path: {rule.field!r}")
+            raise ConfigError(f"{at}.where[{j}].field", f"not a property path: {rule.field!r}{_PATH_HINT}")
         if rule.op in VALUE_OPS and rule.value is None:
             raise ConfigError(f"{at}.where[{j}].value", f"op {rule.op!r} needs a value")
         if rule.op in ("greater than", "less than") and (

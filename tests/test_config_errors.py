@@ -145,3 +145,10 @@ def test_cli_dead_letters_counts(tmp_path: Path) -> None:
     )
     listed = run_cli("dead-letters", "--config", str(config))
     assert listed.returncode == 0 and "x: 3 dead letter(s)" in listed.stdout and "invalidEmails" in listed.stdout
+
+
+def test_a_misspelt_top_level_field_is_an_error_not_a_silent_blank() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(with_change(["syncs", 0, "mappings", "user_id"], "user_Id"), env={})
+    assert error.value.path == "syncs[0].mappings.user_id" and "user_properties.NAME" in str(error.value)
+    assert parse_config(with_change(["syncs", 0, "mappings", "user_id"], "device_id"), env={})
