@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AbstractSet as Set
 from typing import Any
 
 import msgspec
@@ -170,11 +171,16 @@ class Forwarder:
         profiles = self.profiles
         new_user = profiles.is_new(user)
         profile = profiles.get(user)
-        changed = (
+        adopted = _NO_CHANGE
+        if new_user and event.user_id and event.device_id:
+            adopted = self._adopt_device_profile(event.device_id, profile)
+        changed: Set[str] = (
             apply_user_properties(profile, event.user_properties)
             if event.user_properties
             else _NO_CHANGE
         )
+        if adopted:
+            changed = adopted | changed
         if changed or new_user:
             profiles.mark_dirty(user)
             touched[user] = profile
@@ -194,6 +200,17 @@ class Forwarder:
                 stats.events_routed += 1
             elif event_route.skipped is not None:
                 stats.skipped[event_route.skipped.name.lower()] += 1
+
+    def _adopt_device_profile(self, device: str, profile: dict[str, Any]) -> frozenset[str]:
+        """A user seen for the first time on a device that already has a profile takes it
+        over, as Amplitude merges an anonymous device into the user who logs in on it: an
+        email given before sign-up still reaches that user's events. Only for new users,
+        so the extra look-up is paid once per user, not once per event."""
+        if self.profiles.is_new(device):
+            return _NO_CHANGE
+        anonymous = self.profiles.get(device)
+        profile.update(anonymous)
+        return frozenset(anonymous)
 
     def _settled(self, items: list[Queued], delivered: bool) -> None:
         """Delivery is done with these items: their journal records may be checkpointed."""

@@ -181,3 +181,31 @@ async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> Non
         await runner.cleanup()
     (sent,) = [e for e in state.events if e["id"] == "after-restart"]
     assert sent["email"] == "kept@example.com"
+
+
+@pytest.mark.parametrize("durability", ["memory", "journal"])
+async def test_a_device_profile_carries_over_to_the_user_who_logs_in_on_it(tmp_path: Path, durability: str) -> None:
+    state = SimulatorState()
+    runner, sim_url = await serve(build_simulator_app(SimulatorConfig(), state))
+    config = make_config(tmp_path, sim_url, durability=durability, **SYNC_SETTINGS)
+    daemon = await Daemon(config).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            # Before sign-up: only a device, and it gives its email.
+            await post_events(session, daemon.url, [
+                {"event_type": "$identify", "device_id": "device-anon-1",
+                 "user_properties": {"$set": {"email": "early@example.com", "plan": "trial"}}},
+            ])
+            # After sign-up: the SDK sends both ids; the event itself carries no email.
+            await post_events(session, daemon.url, [
+                {"event_type": "Purchase", "user_id": "user-signed-up", "device_id": "device-anon-1",
+                 "insert_id": "first-purchase", "event_properties": {"price": 20}},
+            ])
+            await eventually(lambda: "first-purchase" in state.event_ids)
+            assert await daemon.drain_and_stop()
+    finally:
+        await runner.cleanup()
+    (sent,) = [e for e in state.events if e["id"] == "first-purchase"]
+    assert sent["email"] == "early@example.com" and sent["userId"] == "user-signed-up"
+    created = [u for u in state.users if u.get("userId") == "user-signed-up"]
+    assert created and created[0]["dataFields"]["plan"] == "trial"
