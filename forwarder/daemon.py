@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
@@ -70,7 +71,7 @@ class JournalRecord(msgspec.Struct, array_like=True):
 
 _record_encoder = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.msgpack.Decoder(JournalRecord)
-_item_decoders = {
+_item_decoders: dict[Endpoint, msgspec.json.Decoder[TrackEvent] | msgspec.json.Decoder[UserUpdate]] = {
     Endpoint.TRACK_BULK: msgspec.json.Decoder(TrackEvent),
     Endpoint.BULK_UPDATE: msgspec.json.Decoder(UserUpdate),
 }
@@ -149,7 +150,7 @@ class Forwarder:
             # are queued for delivery by the writer, in that order, once durable.
             durable = self.journal.append(
                 _record_encoder.encode(record),
-                on_durable=lambda seq=self.journal.last_seq + 1: self._enqueue(seq, routed),
+                on_durable=functools.partial(self._enqueue, self.journal.last_seq + 1, routed),
             )
         await durable
 

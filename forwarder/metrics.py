@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -113,8 +114,8 @@ class ForwarderCollector:
                 skipped.add_metric([name, reason], count)
             for reason, count in sorted(stats.dead.items()):
                 dead.add_metric([name, reason], count)
-            for (endpoint, status), count in sorted(stats.responses.items()):
-                responses.add_metric([name, endpoint, status], count)
+            for (path, status), count in sorted(stats.responses.items()):
+                responses.add_metric([name, path, status], count)
             for endpoint, caps in runtime.delivery.caps.items():
                 e = endpoint.value
                 forwarded.add_metric([name, e], stats.delivered[e])
@@ -156,9 +157,9 @@ class ForwarderCollector:
         yield commits
 
 
-def metrics_handler(forwarder: Forwarder, ingest: IngestState) -> web.Handler:
+def metrics_handler(forwarder: Forwarder, ingest: IngestState) -> Handler:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ForwarderCollector(forwarder, ingest))  # type: ignore[arg-type]
+    registry.register(ForwarderCollector(forwarder, ingest))
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))

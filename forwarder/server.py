@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from forwarder import amplitude
 from forwarder.amplitude import ErrorBody, Event, RejectedRequest
@@ -182,8 +183,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def amplitude_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def amplitude_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error is JSON with `code`, since the SDKs read the status from the body."""
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except web.HTTPException as error:

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from forwarder.amplitude import mask
 
@@ -77,7 +78,7 @@ def status_snapshot(forwarder: Forwarder) -> dict[str, Any]:
     }
 
 
-def status_handler(forwarder: Forwarder) -> web.Handler:
+def status_handler(forwarder: Forwarder) -> Handler:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(status_snapshot(forwarder))
 
