@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.toml
 SIM_PORT ?= 9100
 
-.PHONY: run test bench bench-hot bench-load clean
+.PHONY: run test bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench
+
+# Not part of `make test`: type and lint checks for development (mypy --strict on forwarder/).
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/ruff check forwarder bench tests --select F,E9,B --ignore B008
+	$(BIN)/mypy forwarder
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
