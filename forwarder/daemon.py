@@ -105,7 +105,7 @@ class Forwarder:
             for sync in enabled
         ]
         self._by_name = {runtime.config.name: runtime for runtime in self.syncs}
-        self.events_accepted = 0
+        # Journal records replayed at the last start (shown in /status).
         self.replayed_records = 0
         # True until recover() ran: ingest waits (429) so new records follow replayed ones.
         self.recovering = True
@@ -136,7 +136,6 @@ class Forwarder:
             now = int(time.time())
             for event in events:
                 self._process(event, now, routed, touched)
-            self.events_accepted += len(events)
             if self.journal is None:
                 self._enqueue(None, routed)
                 return

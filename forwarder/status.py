@@ -68,6 +68,7 @@ def status_snapshot(forwarder: Forwarder) -> dict[str, Any]:
                 "bytes": journal.disk_bytes,
                 "last_seq": journal.last_seq,
                 "checkpoint": journal.progress.checkpoint,
+                "replayed_at_start": forwarder.replayed_records,
                 "recovery_problems": journal.recovery_problems,
             }
             if journal is not None
