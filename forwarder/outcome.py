@@ -195,7 +195,7 @@ def read_outcome(
         why = _describe(status, body) + " (check base_url / region)"
         return Outcome(auth_failure=why, summary=why)
     if status in (400, 409):
-        return _read_rejection(endpoint, status, body, count)
+        return _read_rejection(endpoint, status, body, items)
     if status == 413:
         # Too large as a whole: halves fit; a single item that is too large never will.
         why = _describe(status, body)
@@ -211,7 +211,7 @@ def read_outcome(
 # --- 400 / 409: the whole request refused ---------------------------------------------
 
 
-def _read_rejection(endpoint: Endpoint, status: int, body: bytes, count: int) -> Outcome:
+def _read_rejection(endpoint: Endpoint, status: int, body: bytes, items: Sequence[Item]) -> Outcome:
     """A 400 (BadJsonBody, RequestFieldsTypesMismatched, ...) or 409 (identity conflict).
 
     Iterable refuses the WHOLE bulk request for one bad item. When the error names items
@@ -220,9 +220,13 @@ def _read_rejection(endpoint: Endpoint, status: int, body: bytes, count: int) ->
     """
     error = read_error(body)
     why = _describe(status, body, error)
+    count = len(items)
     named = named_indexes(error, endpoint, count)
     if named:
-        bad = set(named)
+        # Iterable names one item per answer; its siblings with the same field type
+        # would each cost another round trip to be named in turn.
+        bad = set(named) | same_type_siblings(error, endpoint, items)
+        named = sorted(bad)
         resend = [i for i in range(count) if i not in bad]
         return Outcome(dead=[(i, why) for i in named], resend=resend, summary=why)
     if count == 1:
@@ -245,6 +249,56 @@ def named_indexes(error: ErrorResponse, endpoint: Endpoint, count: int) -> list[
         found.update(int(m.group(1)) for m in pattern.finditer(error.msg))
     return sorted(i for i in found if i < count)
 
+
+def same_type_siblings(error: ErrorResponse, endpoint: Endpoint, items: Sequence[Item]) -> set[int]:
+    """Items that break the same field-type rule as a named one.
+
+    Iterable fixes a dataFields field's type per event name (events) or per project
+    (users), and a 400 RequestFieldsTypesMismatched names one offender, like
+    "obj.events[3].dataFields.price". Every item of the batch with the same event name
+    and the same JSON type in that field fails for the same reason.
+    """
+    pattern = _FIELD_PATTERNS[endpoint]
+    kinds: set[tuple[str | None, str, str]] = set()
+    for text in _texts(error.params):
+        for match in pattern.finditer(text):
+            index, field = int(match.group(1)), match.group(2)
+            if index < len(items):
+                fields = items[index].dataFields or {}
+                if field in fields:
+                    kinds.add((_kind_owner(items[index]), field, _json_kind(fields[field])))
+    if not kinds:
+        return set()
+    siblings = set()
+    for index, item in enumerate(items):
+        fields = item.dataFields or {}
+        owner = _kind_owner(item)
+        for kind_owner, field, kind in kinds:
+            if owner == kind_owner and field in fields and _json_kind(fields[field]) == kind:
+                siblings.add(index)
+    return siblings
+
+
+def _kind_owner(item: Item) -> str | None:
+    return item.eventName if isinstance(item, TrackEvent) else None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    return type(value).__name__
+
+
+_FIELD_PATTERNS = {
+    endpoint: re.compile(
+        r"(?<![A-Za-z0-9_])" + endpoint.list_key + r"\[(\d+)\]\.dataFields\.([A-Za-z0-9_$\-]+)"
+    )
+    for endpoint in Endpoint
+}
 
 _INDEX_PATTERNS = {
     endpoint: re.compile(r"(?<![A-Za-z0-9_])" + endpoint.list_key + r"\[(\d+)\]")

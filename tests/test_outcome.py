@@ -448,3 +448,20 @@ def test_every_200_gives_every_item_exactly_one_fate(
     outcome = read_outcome(endpoint, 200, {}, body(answer), items)
     assert not outcome.split and outcome.auth_failure is None
     assert_partition(outcome, n)
+
+
+def test_a_named_type_mismatch_takes_its_same_type_siblings_along() -> None:
+    from forwarder.iterable import TrackEvent
+
+    def item(n: int, price: object, name: str = "Purchase") -> TrackEvent:
+        return TrackEvent(eventName=name, id=f"e{n}", createdAt=1, email=f"u{n}@x.io", dataFields={"price": price})
+
+    items = [item(0, 1), item(1, "one"), item(2, 2), item(3, "three"), item(4, "four", name="Other"), item(5, 5.5)]
+    answer = body({
+        "msg": "Field type mismatch",
+        "code": "RequestFieldsTypesMismatched",
+        "params": {"obj.events[1].dataFields.price": "expected long"},
+    })
+    outcome = read_outcome(TRACK, 400, {}, answer, items)
+    assert sorted(i for i, _ in outcome.dead) == [1, 3]  # same event name, same type
+    assert sorted(outcome.resend) == [0, 2, 4, 5]
