@@ -32,11 +32,15 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench
 
-# Not part of `make test`: type and lint checks for development (mypy --strict on forwarder/).
-lint: $(VENV)/.installed-test
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
-	$(BIN)/ruff check forwarder bench tests --select F,E9,B --ignore B008
-	$(BIN)/mypy forwarder
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+# Lint, format and types; .ci/run runs it after the tests.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check forwarder bench tests
+	$(BIN)/ruff format --check forwarder bench tests
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -8,8 +8,16 @@ from typing import Any
 import msgspec
 
 EVENT_TYPES = (
-    "Purchase", "Page Viewed", "Button Clicked", "Signed Up", "Add To Cart",
-    "Checkout Started", "Search", "Video Played", "Item Shared", "Logged In",
+    "Purchase",
+    "Page Viewed",
+    "Button Clicked",
+    "Signed Up",
+    "Add To Cart",
+    "Checkout Started",
+    "Search",
+    "Video Played",
+    "Item Shared",
+    "Logged In",
 )
 PLANS = ("free", "pro", "team", "enterprise")
 CITIES = ("Berlin", "Paris", "Lisbon", "Austin", "Osaka", "Lagos", "Lima")
@@ -53,7 +61,11 @@ def make_event(rng: random.Random, users: int, serial: int) -> dict[str, Any]:
 
 
 def make_bodies(
-    count: int, events_per_body: int = 100, users: int = 50_000, seed: int = 1, api_key: str = "bench-key"
+    count: int,
+    events_per_body: int = 100,
+    users: int = 50_000,
+    seed: int = 1,
+    api_key: str = "bench-key",
 ) -> list[bytes]:
     """`count` JSON bodies for /2/httpapi, each with `events_per_body` events."""
     rng = random.Random(seed)

@@ -137,7 +137,9 @@ def parse_metrics(text: str) -> dict[str, float]:
     return values
 
 
-async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: bool) -> dict[str, Any]:
+async def drive(
+    s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: bool
+) -> dict[str, Any]:
     bodies = make_bodies(200, s.events_per_request, users=s.users, seed=7)
     tally = ClientTally()
     stop_at = time.monotonic() + s.seconds
@@ -158,7 +160,9 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
                 n += s.concurrency
                 started = time.perf_counter()
                 try:
-                    async with session.post(f"{daemon_url}/2/httpapi", data=body, headers=JSON) as response:
+                    async with session.post(
+                        f"{daemon_url}/2/httpapi", data=body, headers=JSON
+                    ) as response:
                         await response.read()
                         status = response.status
                 except aiohttp.ClientError:
@@ -198,6 +202,7 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
             sim = await response.json()
     delivered = after.get(DELIVERED, 0.0) - before.get(DELIVERED, 0.0)
     latencies = sorted(tally.latencies) or [0.0]
+
     def moved(name: str, endpoint: str) -> float:
         key = f'{name}{{endpoint="{endpoint}",sync="bench"}}'
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -218,10 +223,15 @@ async def drive(s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: 
         "client_statuses": tally.statuses,
         "client_errors": tally.errors,
         "iterable_requests_per_second": {
-            e: {"measured": round(n / elapsed, 2), "limit": s.track_rate if e.startswith("events") else s.update_rate}
+            e: {
+                "measured": round(n / elapsed, 2),
+                "limit": s.track_rate if e.startswith("events") else s.update_rate,
+            }
             for e, n in requests.items()
         },
-        "mean_items_per_request": {e: round(items[e] / requests[e], 1) if requests[e] else 0 for e in requests},
+        "mean_items_per_request": {
+            e: round(items[e] / requests[e], 1) if requests[e] else 0 for e in requests
+        },
         "simulator_429s": sim.get("rate_limited"),
         "simulator_max_requests_in_one_second": sim.get("max_requests_in_one_second"),
         "peak_queue_items": peak_queue,
@@ -245,18 +255,49 @@ def run_scenario(s: Scenario, progress: bool = True) -> dict[str, Any]:
         config.write_text(daemon_config(s, daemon_port, sim_port, Path(tmp) / "var"))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         sim = subprocess.Popen(
-            [sys.executable, "-m", "forwarder", "simulate-iterable", "--port", str(sim_port),
-             "--track-bulk-per-second", str(s.track_rate), "--bulk-update-per-second", str(s.update_rate)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "forwarder",
+                "simulate-iterable",
+                "--port",
+                str(sim_port),
+                "--track-bulk-per-second",
+                str(s.track_rate),
+                "--bulk-update-per-second",
+                str(s.update_rate),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         log = open(Path(tmp) / "daemon.log", "w")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "forwarder", "run", "--config", str(config), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "forwarder",
+                "run",
+                "--config",
+                str(config),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         try:
             return asyncio.run(
-                drive(s, f"http://127.0.0.1:{daemon_port}", f"http://127.0.0.1:{sim_port}", daemon.pid, progress)
+                drive(
+                    s,
+                    f"http://127.0.0.1:{daemon_port}",
+                    f"http://127.0.0.1:{sim_port}",
+                    daemon.pid,
+                    progress,
+                )
             )
         finally:
             for process in (daemon, sim):
@@ -282,8 +323,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     modes = ["journal", "memory"] if args.durability == "both" else [args.durability]
     results = []
     for mode in modes:
-        scenario = Scenario(mode, args.seconds, args.concurrency, args.events_per_request, args.users)
-        print(f"load, durability={mode}, {args.seconds:.0f} s, {args.concurrency} clients:", flush=True)
+        scenario = Scenario(
+            mode, args.seconds, args.concurrency, args.events_per_request, args.users
+        )
+        print(
+            f"load, durability={mode}, {args.seconds:.0f} s, {args.concurrency} clients:",
+            flush=True,
+        )
         result = run_scenario(scenario, not args.quiet)
         print_result(result)
         write_result(f"load-{mode}", result)
@@ -294,9 +340,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.overload:
         # Iterable absorbs 2 requests/s of 500 events = 1,000 events/s; clients offer far more.
         scenario = Scenario(
-            "memory", args.seconds, args.concurrency, args.events_per_request, args.users,
-            track_rate=2, update_rate=2, max_events_per_request=500, max_users_per_request=500,
-            max_queued_items=50_000, name="overload",
+            "memory",
+            args.seconds,
+            args.concurrency,
+            args.events_per_request,
+            args.users,
+            track_rate=2,
+            update_rate=2,
+            max_events_per_request=500,
+            max_users_per_request=500,
+            max_queued_items=50_000,
+            name="overload",
         )
         print("overload: Iterable absorbs ~1,000 events/s, queue cap 50,000 items:", flush=True)
         result = run_scenario(scenario, not args.quiet)

@@ -25,7 +25,9 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     }
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_bytes(msgspec.json.format(msgspec.json.encode(result)) + b"\n")
-    figures = ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("when", "python", "machine"))
+    figures = ", ".join(
+        f"{k}={v}" for k, v in result.items() if k not in ("when", "python", "machine")
+    )
     with open(RESULTS / "summary.md", "a") as summary:
         summary.write(f"- {stamp} **{name}**: {figures}\n")
     return path

@@ -7,7 +7,8 @@ import sys
 from typing import Sequence
 
 from forwarder import __version__
-from forwarder.config import Config, ConfigError, load_config, summarize
+from forwarder.config import Config, load_config, summarize
+from forwarder.errors import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -22,7 +23,7 @@ def _load(path: str) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from forwarder.daemon import run
-    from forwarder.logs import setup_logging
+    from forwarder.ops.logs import setup_logging
 
     config = _load(args.config)
     setup_logging(args.log_level)
@@ -37,7 +38,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from forwarder.replay import count_by_reason, run_replay
+    from forwarder.deliver.replay import count_by_reason, run_replay
 
     config = _load(args.config)
     try:
@@ -46,7 +47,11 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
                 print(
                     f"{result.sync}: resent {result.resent}, delivered {result.delivered}, "
                     f"dead again {result.dead_again}"
-                    + (f", {result.unreadable} unreadable line(s) kept" if result.unreadable else "")
+                    + (
+                        f", {result.unreadable} unreadable line(s) kept"
+                        if result.unreadable
+                        else ""
+                    )
                 )
             return 0
         counts = count_by_reason(config, args.sync)
@@ -64,7 +69,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from forwarder.simulator import SimulatorConfig, run_simulator
+    from forwarder.sim import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(
         api_keys=frozenset(args.api_key) if args.api_key else None,
@@ -90,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT.")
+    run = commands.add_parser(
+        "run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT."
+    )
     run.add_argument("--config", default="config.toml", help="path to config.toml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
@@ -124,9 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", action="append", help="accepted key (repeatable); default: any")
     sim.add_argument("--track-bulk-per-second", type=float, default=10.0)
     sim.add_argument("--bulk-update-per-second", type=float, default=5.0)
-    sim.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    sim.add_argument(
+        "--error-rate", type=float, default=0.0, help="fraction of requests answered 500"
+    )
     sim.add_argument("--latency-ms", type=float, default=0.0)
-    sim.add_argument("--require-user-first", action="store_true", help="events of unknown users fail")
+    sim.add_argument(
+        "--require-user-first", action="store_true", help="events of unknown users fail"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
     return parser

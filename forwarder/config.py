@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from forwarder.amplitude import EVENT_FIELDS
+from forwarder.errors import ConfigError
+from forwarder.ingest.amplitude import EVENT_FIELDS
 
 # Amplitude property paths a mapping or filter may name: a top-level event field, or a
 # property inside event_properties / user_properties.
@@ -30,15 +31,6 @@ FilterOp = Literal[
 VALUE_OPS = frozenset({"is", "is not", "contains", "does not contain", "greater than", "less than"})
 
 
-class ConfigError(Exception):
-    """A config problem, said in one line that starts with the key path at fault."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.message = message
-
-
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base for config sections: a misspelt key is an error, not a silent default."""
 
@@ -52,6 +44,8 @@ class ServerConfig(_Section):
     max_events_per_request: int = 2000
     # Seconds a drain waits for in-flight work on SIGTERM before leaving the rest queued.
     drain_timeout_seconds: float = 20.0
+    # Seconds the HTTP server gives open connections to finish once the drain is over.
+    shutdown_timeout_seconds: float = 5.0
 
     @property
     def host(self) -> str:
@@ -69,6 +63,14 @@ class StorageConfig(_Section):
     profile_cache_size: int = 100_000
     # Journal disk cap; past it ingest answers 429.
     journal_max_bytes: int = 2_000_000_000
+    # A journal segment is closed and a new one started past this size; whole segments
+    # below the checkpoint are deleted.
+    journal_segment_bytes: int = 64 * 1024 * 1024
+    # How often the checkpoint is saved: profiles flushed to SQLite, then the journal
+    # position they and delivery allow. Replay after a crash starts from it.
+    checkpoint_interval_seconds: float = 0.5
+    # How often changed profiles are written to SQLite between checkpoints.
+    profile_flush_seconds: float = 0.2
 
 
 class Filter(_Section):
@@ -127,6 +129,10 @@ class DeliveryConfig(_Section):
     backoff_max_seconds: float = 30.0
     # After a 401/403 the sync pauses (items stay queued) and probes again this often.
     auth_retry_seconds: float = 60.0
+    # Each failed probe doubles the interval, up to this.
+    auth_retry_max_seconds: float = 3600.0
+    # Seconds an idle keep-alive connection to Iterable is kept open.
+    keepalive_seconds: float = 60.0
     # Sending stays this fraction under the rate limits, so jitter between our send and
     # Iterable's count (a busy loop on either side) cannot put two requests in one window.
     rate_headroom: float = 0.05
@@ -208,7 +214,9 @@ def _from_validation_error(error: msgspec.ValidationError) -> ConfigError:
     return ConfigError(path, message[0].lower() + message[1:] if message else "invalid value")
 
 
-def parse_config(raw: dict[str, Any], env: dict[str, str] | os._Environ[str] | None = None) -> Config:
+def parse_config(
+    raw: dict[str, Any], env: dict[str, str] | os._Environ[str] | None = None
+) -> Config:
     """Decode and check a parsed TOML document; raise ConfigError naming the key path."""
     expanded = expand_env(raw, os.environ if env is None else env)
     try:
@@ -231,7 +239,9 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     return parse_config(raw, env)
 
 
-_PATH_HINT = " (use an Amplitude event field such as user_id, event_properties.NAME or user_properties.NAME)"
+_PATH_HINT = (
+    " (use an Amplitude event field such as user_id, event_properties.NAME or user_properties.NAME)"
+)
 
 
 def is_property_path(path: str) -> bool:
@@ -262,10 +272,17 @@ def check_config(config: Config) -> None:
     _positive(server.max_body_bytes, "server.max_body_bytes")
     _positive(server.max_events_per_request, "server.max_events_per_request")
     _positive(server.drain_timeout_seconds, "server.drain_timeout_seconds")
+    _positive(server.shutdown_timeout_seconds, "server.shutdown_timeout_seconds")
     if not config.storage.path:
         raise ConfigError("storage.path", "is empty")
     _positive(config.storage.profile_cache_size, "storage.profile_cache_size")
-    _positive(config.storage.journal_max_bytes, "storage.journal_max_bytes")
+    for key in (
+        "journal_max_bytes",
+        "journal_segment_bytes",
+        "checkpoint_interval_seconds",
+        "profile_flush_seconds",
+    ):
+        _positive(getattr(config.storage, key), f"storage.{key}")
 
     names: set[str] = set()
     for i, sync in enumerate(config.syncs):
@@ -305,7 +322,9 @@ def _check_events(events: EventsConfig, at: str) -> None:
             raise ConfigError(f"{at}.select[{j}]", "is empty")
     for j, rule in enumerate(events.where):
         if not is_property_path(rule.field):
-            raise ConfigError(f"{at}.where[{j}].field", f"not a property path: {rule.field!r}{_PATH_HINT}")
+            raise ConfigError(
+                f"{at}.where[{j}].field", f"not a property path: {rule.field!r}{_PATH_HINT}"
+            )
         if rule.op in VALUE_OPS and rule.value is None:
             raise ConfigError(f"{at}.where[{j}].value", f"op {rule.op!r} needs a value")
         if rule.op in ("greater than", "less than") and (
@@ -347,6 +366,8 @@ def _check_delivery(delivery: DeliveryConfig, at: str) -> None:
         "backoff_initial_seconds",
         "backoff_max_seconds",
         "auth_retry_seconds",
+        "auth_retry_max_seconds",
+        "keepalive_seconds",
     ):
         _positive(getattr(delivery, key), f"{at}.{key}")
     if not 0 <= delivery.rate_headroom < 0.5:
@@ -374,7 +395,9 @@ def summarize(config: Config) -> str:
             else "events off"
         )
         users = (
-            f"users {len(sync.users.user_properties)} propert(ies)" if sync.users.enabled else "users off"
+            f"users {len(sync.users.user_properties)} propert(ies)"
+            if sync.users.enabled
+            else "users off"
         )
         lines.append(
             f"sync {sync.name}: {state}, {sync.endpoint_base}, {events}, {users}, "

@@ -1,11 +1,14 @@
-"""Iterable's bulk wire shapes: the items we send and the request bodies they travel in."""
+"""Iterable's bulk API: endpoints, the items we send, the bodies they travel in, and caps."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from forwarder.config import LimitsConfig
 
 
 class Endpoint(enum.Enum):
@@ -18,6 +21,11 @@ class Endpoint(enum.Enum):
     def list_key(self) -> str:
         """The body's key holding the items: {"users": [...]} or {"events": [...]}."""
         return "users" if self is Endpoint.BULK_UPDATE else "events"
+
+
+# Users first: a sync starts its batchers in this order, and every per-endpoint table
+# is built from it.
+ENDPOINTS = (Endpoint.BULK_UPDATE, Endpoint.TRACK_BULK)
 
 
 class TrackEvent(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -46,14 +54,6 @@ class UserUpdate(msgspec.Struct, omit_defaults=True, kw_only=True):
 Item = TrackEvent | UserUpdate
 
 
-class TrackBulkRequest(msgspec.Struct):
-    events: list[TrackEvent]
-
-
-class BulkUpdateRequest(msgspec.Struct):
-    users: list[UserUpdate]
-
-
 def identity_of(item: Item) -> str:
     """The key Iterable knows a user by, for ordering: email when present, else userId."""
     if item.email:
@@ -72,7 +72,30 @@ def assemble_body(endpoint: Endpoint, encoded_items: list[bytes]) -> bytes:
     return head + b",".join(encoded_items) + tail
 
 
-def body_size(endpoint: Endpoint, encoded_sizes_total: int, count: int) -> int:
-    """Bytes of the body assemble_body makes from `count` items of this many bytes in all."""
-    head, tail = body_envelope(endpoint)
-    return len(head) + len(tail) + encoded_sizes_total + max(0, count - 1)
+@dataclass(slots=True, frozen=True)
+class BatchCaps:
+    """What one bulk request may carry: items, and bytes of the whole body."""
+
+    max_items: int
+    max_bytes: int
+
+    def item_budget(self, endpoint: Endpoint) -> int:
+        """Bytes the encoded items and their commas may take inside the body's envelope."""
+        head, tail = body_envelope(endpoint)
+        return self.max_bytes - len(head) - len(tail)
+
+
+def caps_of(limits: LimitsConfig, endpoint: Endpoint) -> BatchCaps:
+    items = (
+        limits.max_events_per_request
+        if endpoint is Endpoint.TRACK_BULK
+        else limits.max_users_per_request
+    )
+    return BatchCaps(max_items=items, max_bytes=limits.max_request_bytes)
+
+
+def rate_of(limits: LimitsConfig, endpoint: Endpoint) -> float:
+    """Requests per second the project allows on this endpoint."""
+    if endpoint is Endpoint.TRACK_BULK:
+        return limits.track_bulk_per_second
+    return limits.bulk_update_per_second

@@ -1,155 +1,190 @@
-"""Per-user ordered lanes for one sync, and assembling bulk batches from them (no I/O).
+"""The data's path after validation: intake -> durable log -> delivery, and replay on start.
 
-Why lanes and not a fixed number of hashed shards: Iterable needs a user's update
-acknowledged before that user's events, and a user's items must reach it in order even
-with several requests in flight. So a user with items in flight is *busy*; its later items
-wait in its lane until the request that carries the earlier ones is settled. Batches take
-the ready users first-come first-served, so one busy user never blocks the others.
+Accepted events are routed by the intake, written to the durable log as one record per
+request, and queued for delivery once the record is durable, in log order. Delivery
+acknowledges each item to the log once it is settled; the checkpoint follows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
-from forwarder.iterable import Endpoint, Item, body_envelope
+import msgspec
 
-_ENDPOINTS = (Endpoint.BULK_UPDATE, Endpoint.TRACK_BULK)
+from forwarder.config import Config
+from forwarder.deliver.sync import SyncDelivery
+from forwarder.ingest.amplitude import Event
+from forwarder.ingest.intake import Intake, Intaken, Routed
+from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+from forwarder.store.log import DurableLog
+from forwarder.store.records import Record, RecordItem, decode_item, decode_record, encode_record
 
-
-@dataclass(slots=True, eq=False)
-class Queued:
-    """One Iterable item on its way: encoded once, resent with the same bytes."""
-
-    user: str
-    endpoint: Endpoint
-    item: Item
-    encoded: bytes
-    enqueued_at: float = field(default_factory=time.monotonic)
-    attempts: int = 0
-    first_attempt_at: float | None = None
-    last_error: str = ""
-    # Set by the journal: what to acknowledge once this item is delivered or dead-lettered.
-    ack: Any = None
+log = logging.getLogger("forwarder.daemon")
 
 
-@dataclass(slots=True, frozen=True)
-class BatchCaps:
-    max_items: int
-    max_bytes: int
+class Pipeline:
+    """What the ingest routes hand accepted events to, and what the daemon starts and stops."""
 
+    def __init__(
+        self,
+        config: Config,
+        intake: Intake,
+        durable_log: DurableLog,
+        deliveries: Sequence[SyncDelivery],
+    ) -> None:
+        self.config = config
+        self.intake = intake
+        self.log = durable_log
+        self.deliveries = list(deliveries)
+        self._index = {delivery.name: index for index, delivery in enumerate(self.deliveries)}
+        # Journal records replayed at the last start (shown in /status).
+        self.replayed_records = 0
+        # True until recover() ran: ingest waits (429) so new records follow replayed ones.
+        self.recovering = True
+        # Requests are processed one at a time so profiles change in arrival order.
+        self._lock = asyncio.Lock()
+        self._checkpointer: asyncio.Task[None] | None = None
 
-class Lanes:
-    """A sync's queued items, one FIFO lane per user, and the users ready per endpoint."""
+    # --- for the ingest routes -----------------------------------------------------
 
-    def __init__(self) -> None:
-        self._lanes: dict[str, deque[Queued]] = {}
-        self._busy: set[str] = set()
-        # Users not busy whose head item goes to this endpoint, in the order they became
-        # ready, with the time their head item was queued (for the linger deadline).
-        self._ready: dict[Endpoint, OrderedDict[str, float]] = {e: OrderedDict() for e in _ENDPOINTS}
-        self.items = 0
-        self.bytes = 0
-        self.queued_per_endpoint: dict[Endpoint, int] = {e: 0 for e in _ENDPOINTS}
-        self.bytes_per_endpoint: dict[Endpoint, int] = {e: 0 for e in _ENDPOINTS}
+    def refusal(self, count: int) -> str | None:
+        if self.recovering:
+            return "Recovering the journal: retry shortly"
+        if self.log.full:
+            return "Journal disk cap reached: retry later"
+        for delivery in self.deliveries:
+            if not delivery.has_room():
+                return f"Too many queued events for sync {delivery.name}: retry later"
+        return None
 
-    def __len__(self) -> int:
-        return self.items
+    async def accept(self, events: list[Event]) -> None:
+        """Route events and return once their record is as durable as the config asks."""
+        async with self._lock:
+            await self.intake.load(events)
+            intaken = self.intake.process(events, int(time.time()))
+            if not intaken.routed and not intaken.touched:
+                return  # nothing to deliver and no profile changed: nothing to keep
+            payload = self._record(intaken) if self.log.durable else b""
+            # Appended under the lock so log order is processing order.
+            durable = self.log.append(payload, len(intaken.routed))
+            # Queued for delivery when durable, in log order, even if this request's
+            # handler is cancelled meanwhile (hence the callback and the shield).
+            durable.add_done_callback(functools.partial(self._enqueue_durable, intaken.routed))
+        await asyncio.shield(durable)
 
-    def put(self, queued: Queued) -> None:
-        lane = self._lanes.get(queued.user)
-        if lane is None:
-            lane = self._lanes[queued.user] = deque()
-        lane.append(queued)
-        self._count(queued, +1)
-        if len(lane) == 1 and queued.user not in self._busy:
-            self._ready[queued.endpoint][queued.user] = queued.enqueued_at
+    def _record(self, intaken: Intaken) -> bytes:
+        names = [delivery.name for delivery in self.deliveries]
+        items = [
+            RecordItem(names[i], endpoint.value, data) for i, endpoint, _, data in intaken.routed
+        ]
+        return encode_record(Record(items, list(intaken.touched.items())))
 
-    def oldest_ready(self, endpoint: Endpoint) -> float | None:
-        """When the longest-waiting ready user's head item was queued, if any is ready."""
-        ready = self._ready[endpoint]
-        if not ready:
-            return None
-        return next(iter(ready.values()))
+    def _enqueue_durable(self, routed: list[Routed], durable: asyncio.Future[int]) -> None:
+        if durable.cancelled() or durable.exception() is not None:
+            return  # the client was refused: nothing of it is owed
+        self._enqueue(routed, durable.result() if self.log.durable else None)
 
-    def has_ready(self, endpoint: Endpoint) -> bool:
-        return bool(self._ready[endpoint])
+    def _enqueue(self, routed: list[Routed], seq: int | None) -> None:
+        deliveries = self.deliveries
+        for index, endpoint, item, data in routed:
+            deliveries[index].enqueue(endpoint, item, data, seq)
 
-    def take_batch(self, endpoint: Endpoint, caps: BatchCaps) -> list[Queued]:
-        """Fill one request for `endpoint` from the ready users, within both caps.
+    # --- lifecycle -----------------------------------------------------------------
 
-        Each user taken gives its consecutive head items for this endpoint (kept in
-        order inside the request) and becomes busy until `settle` is called for it.
-        """
-        head, tail = body_envelope(endpoint)
-        budget = caps.max_bytes - len(head) - len(tail)
-        batch: list[Queued] = []
-        ready = self._ready[endpoint]
-        while ready and len(batch) < caps.max_items:
-            user = next(iter(ready))
-            lane = self._lanes[user]
-            took = 0
-            while lane and len(batch) < caps.max_items:
-                queued = lane[0]
-                if queued.endpoint is not endpoint:
-                    break
-                cost = len(queued.encoded) + (1 if batch else 0)
-                if cost > budget:
-                    break
-                budget -= cost
-                batch.append(lane.popleft())
-                took += 1
-            if took == 0:
-                break  # the next user's head item does not fit: this batch is full
-            del ready[user]
-            self._busy.add(user)
-            if took and len(batch) >= caps.max_items:
-                break
-        for queued in batch:
-            self._count(queued, -1)
-        return batch
-
-    def settle(self, users: set[str], back: list[Queued] | None = None) -> None:
-        """The request carrying these users' items is settled: they may go on.
-
-        `back` holds items that must go out again before anything later of their user
-        (a paused sync keeps them); they return to the front of their lanes, in order.
-        """
-        if back:
-            for queued in reversed(back):
-                lane = self._lanes.get(queued.user)
-                if lane is None:
-                    lane = self._lanes[queued.user] = deque()
-                lane.appendleft(queued)
-                self._count(queued, +1)
-        for user in users:
-            self._busy.discard(user)
-            lane = self._lanes.get(user)
-            if not lane:
-                self._lanes.pop(user, None)
+    async def recover(self) -> int:
+        """Replay what the log holds past its checkpoint; the number of records."""
+        records = await self.log.recover()
+        for seq, payload in records:
+            try:
+                record = decode_record(payload)
+            except msgspec.DecodeError as error:
+                log.error("journal record %d unreadable, skipped: %s", seq, error)
+                self.log.expect(seq, 0)
                 continue
-            head = lane[0]
-            self._ready[head.endpoint][user] = head.enqueued_at
+            await self.intake.restore(record.profiles)
+            routed: list[Routed] = []
+            for entry in record.items:
+                index = self._index.get(entry.sync)
+                if index is None:
+                    log.warning(
+                        "journal names sync %r, which is not enabled: item dropped", entry.sync
+                    )
+                    continue
+                endpoint, item = decode_item(entry)
+                routed.append((index, endpoint, item, entry.item))
+            self.log.expect(seq, len(routed))
+            self._enqueue(routed, seq)
+        self.replayed_records = len(records)
+        self.recovering = False
+        if records:
+            log.info("journal recovered: %d record(s) replayed", len(records))
+        return len(records)
 
-    def _count(self, queued: Queued, sign: int) -> None:
-        size = len(queued.encoded)
-        self.items += sign
-        self.bytes += sign * size
-        self.queued_per_endpoint[queued.endpoint] += sign
-        self.bytes_per_endpoint[queued.endpoint] += sign * size
+    async def start(self) -> None:
+        for delivery in self.deliveries:
+            await delivery.start()
+        self.log.start()
+        if self.log.durable:
+            self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
 
-    def drain_all(self) -> list[Queued]:
-        """Everything still queued (for shutdown accounting), leaving the lanes empty."""
-        rest = [q for lane in self._lanes.values() for q in lane]
-        for queued in rest:
-            self._count(queued, -1)
-        self._lanes.clear()
-        for ready in self._ready.values():
-            ready.clear()
-        return rest
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.storage.checkpoint_interval_seconds)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("checkpoint failed")
 
-    @property
-    def busy_users(self) -> int:
-        return len(self._busy)
+    async def checkpoint(self) -> None:
+        """Make profiles durable, then save the log checkpoint they allow."""
+        seq = self.log.last_seq
+        await self.intake.profiles.flush()
+        await self.log.save_checkpoint(seq)
+
+    async def drain(self, timeout: float) -> bool:
+        """Send what is queued, for up to `timeout` seconds; True when all of it settled."""
+        results = await asyncio.gather(*(d.flush(timeout) for d in self.deliveries))
+        return all(results)
+
+    async def stop(self) -> int:
+        """Stop delivery, persist profiles and the checkpoint; how many items were left."""
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+        left = 0
+        for delivery in self.deliveries:
+            left += len(await delivery.stop())
+        await self.checkpoint()
+        await self.log.close()
+        await self.intake.profiles.close()
+        return left
+
+    # --- for operations ------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            durability=self.config.storage.durability,
+            recovering=self.recovering,
+            replayed_records=self.replayed_records,
+            log=self.log.stats() if self.log.durable else None,
+            syncs=[
+                SyncSnapshot(
+                    name=delivery.name,
+                    enabled=delivery.sync.enabled,
+                    api_key=delivery.sync.api_key,
+                    endpoint_base=delivery.sync.endpoint_base,
+                    route=route,
+                    delivery=delivery.stats,
+                    caps=delivery.caps,
+                    queued_items=delivery.lanes.items,
+                    queued_bytes=delivery.lanes.bytes,
+                    paused=delivery.pause.reason,
+                )
+                for delivery, route in zip(self.deliveries, self.intake.stats, strict=True)
+            ],
+            disabled_syncs=[s.name for s in self.config.syncs if not s.enabled],
+        )

@@ -7,15 +7,25 @@ from typing import Any
 
 def as_number(value: Any) -> float | None:
     """Numbers, and strings that spell one; never booleans (True is not 1 here)."""
+    exact = as_exact_number(value)
+    return None if exact is None else float(exact)
+
+
+def as_exact_number(value: Any) -> int | float | None:
+    """Like `as_number`, but an int stays an int ("3" is 3, not 3.0): for arithmetic."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        return value
     if isinstance(value, str):
+        text = value.strip()
         try:
-            return float(value.strip())
+            return int(text)
         except ValueError:
-            return None
+            try:
+                return float(text)
+            except ValueError:
+                return None
     return None
 
 

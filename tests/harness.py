@@ -13,8 +13,9 @@ import msgspec
 from aiohttp import web
 
 from forwarder.config import Config, parse_config
-from forwarder.daemon import Forwarder, build_daemon_app, open_forwarder
-from forwarder.server import STATE_KEY
+from forwarder.daemon import build_daemon_app, open_pipeline
+from forwarder.ingest.app import STATE_KEY
+from forwarder.pipeline import Pipeline
 
 AMPLITUDE_KEY = "test-amplitude-key"
 ITERABLE_KEY = "test-iterable-key"
@@ -42,7 +43,11 @@ def make_config(
         "name": "test",
         "api_key": ITERABLE_KEY,
         "base_url": iterable_url,
-        "events": {"select": ["*"], "event_properties": ["price", "sku"], "user_properties": ["plan"]},
+        "events": {
+            "select": ["*"],
+            "event_properties": ["price", "sku"],
+            "user_properties": ["plan"],
+        },
         "users": {"user_properties": ["plan", "city"]},
         "delivery": {
             "linger_ms": 20,
@@ -59,7 +64,11 @@ def make_config(
         else:
             sync[key] = value
     raw = {
-        "server": {"listen": "127.0.0.1:0", "api_keys": [AMPLITUDE_KEY], "drain_timeout_seconds": 10},
+        "server": {
+            "listen": "127.0.0.1:0",
+            "api_keys": [AMPLITUDE_KEY],
+            "drain_timeout_seconds": 10,
+        },
         "storage": {"path": str(tmp_path / "var"), "durability": durability},
         "syncs": syncs if syncs is not None else [sync],
     }
@@ -67,30 +76,35 @@ def make_config(
 
 
 class Daemon:
-    """The daemon's app and forwarder in this process, on a real socket."""
+    """The daemon's app and pipeline in this process, on a real socket."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.forwarder: Forwarder | None = None
+        self._pipeline: Pipeline | None = None
         self.runner: web.AppRunner | None = None
         self.url = ""
 
+    @property
+    def pipeline(self) -> Pipeline:
+        assert self._pipeline is not None, "start() first"
+        return self._pipeline
+
     async def start(self) -> Daemon:
-        self.forwarder = await open_forwarder(self.config)
-        app = build_daemon_app(self.config, self.forwarder)
+        self._pipeline = await open_pipeline(self.config)
+        app = build_daemon_app(self.config, self._pipeline)
         self.runner, self.url = await serve(app)
-        await self.forwarder.recover()
-        await self.forwarder.start()
+        await self.pipeline.recover()
+        await self.pipeline.start()
         app[STATE_KEY].ready = True
         self.app = app
         return self
 
     async def drain_and_stop(self, timeout: float = 20.0) -> bool:
-        assert self.forwarder is not None and self.runner is not None
+        assert self.runner is not None
         self.app[STATE_KEY].ready = False
         self.app[STATE_KEY].accepting = False
-        drained = await self.forwarder.drain(timeout)
-        await self.forwarder.stop()
+        drained = await self.pipeline.drain(timeout)
+        await self.pipeline.stop()
         await self.runner.cleanup()
         return drained
 
@@ -100,7 +114,10 @@ def upload_body(events: list[dict[str, Any]], api_key: str = AMPLITUDE_KEY) -> b
 
 
 async def post_events(
-    session: aiohttp.ClientSession, url: str, events: list[dict[str, Any]], route: str = "/2/httpapi"
+    session: aiohttp.ClientSession,
+    url: str,
+    events: list[dict[str, Any]],
+    route: str = "/2/httpapi",
 ) -> tuple[int, dict[str, Any]]:
     async with session.post(
         url + route, data=upload_body(events), headers={"Content-Type": "application/json"}
@@ -109,7 +126,9 @@ async def post_events(
 
 
 async def eventually(
-    check: Callable[[], bool] | Callable[[], Awaitable[bool]], timeout: float = 20.0, every: float = 0.02
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    timeout: float = 20.0,
+    every: float = 0.02,
 ) -> None:
     """Wait until `check()` holds, bounded by `timeout` (then fail)."""
     deadline = time.monotonic() + timeout

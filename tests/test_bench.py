@@ -13,8 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_hotpath_bench_runs_and_writes_a_result(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "hotpath", "--bodies", "5", "--repeats", "1"],
-        cwd=ROOT, env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "events/s on one core" in done.stdout
@@ -23,10 +26,26 @@ def test_hotpath_bench_runs_and_writes_a_result(tmp_path: Path) -> None:
 
 def test_load_bench_runs_end_to_end(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "load", "--seconds", "2", "--concurrency", "2",
-         "--users", "200", "--durability", "memory", "--quiet"],
-        cwd=ROOT, env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "load",
+            "--seconds",
+            "2",
+            "--concurrency",
+            "2",
+            "--users",
+            "200",
+            "--durability",
+            "memory",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "ingest" in done.stdout and "delivered" in done.stdout

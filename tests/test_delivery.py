@@ -15,9 +15,9 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
-from forwarder.deadletters import dead_letter_path, read_letters
-from forwarder.replay import replay
-from forwarder.simulator import SimulatorConfig, SimulatorState, build_simulator_app
+from forwarder.deliver.replay import replay
+from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
+from forwarder.store.dead_letters import dead_letter_path, read_letters
 from tests.harness import ITERABLE_KEY, Daemon, eventually, make_config, post_events, serve
 
 
@@ -108,7 +108,9 @@ async def test_burst_of_ten_times_capacity_respects_every_cap(
 async def test_injected_server_errors_lose_nothing_and_duplicate_nothing(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
-    sim_config = SimulatorConfig(track_bulk_per_second=200, bulk_update_per_second=200, error_rate=0.1, seed=3)
+    sim_config = SimulatorConfig(
+        track_bulk_per_second=200, bulk_update_per_second=200, error_rate=0.1, seed=3
+    )
     async with Iterable(sim_config) as iterable:
         config = make_config(tmp_path, iterable.url, limits=limits(200, 40))
         daemon = await Daemon(config).start()
@@ -118,9 +120,9 @@ async def test_injected_server_errors_lose_nothing_and_duplicate_nothing(
             assert status == 200
         await eventually(lambda: len(iterable.state.event_ids) >= 2000, timeout=60)
         assert await daemon.drain_and_stop()
-        runtime = daemon.forwarder.syncs[0]  # type: ignore[union-attr]
-        assert sum(runtime.delivery.stats.retries.values()) > 0
-        assert not runtime.delivery.stats.dead
+        delivery = daemon.pipeline.deliveries[0]
+        assert sum(delivery.stats.retries.values()) > 0
+        assert not delivery.stats.dead
     errors = sum(n for (_, status), n in iterable.state.statuses.items() if status == 500)
     assert errors > 0
     assert len(iterable.state.events) == 2000 == len(iterable.state.event_ids)
@@ -160,7 +162,7 @@ async def test_iterable_down_turns_into_429s_then_everything_arrives(
                 if throttled >= 5:
                     break
         assert throttled >= 5, "queues never filled"
-        queue = daemon.forwarder.syncs[0].delivery.lanes  # type: ignore[union-attr]
+        queue = daemon.pipeline.deliveries[0].lanes
         assert queue.items <= 600 + 100  # bounded by the cap plus one request's items
         await eventually(lambda: set(accepted) <= iterable.state.event_ids, timeout=90)
         assert await daemon.drain_and_stop()
@@ -192,14 +194,18 @@ async def test_partial_failures_are_dead_lettered_and_replayed(
     reasons = defaultdict(list)
     for letter in letters:
         reasons[letter.reason.split(":")[0]].append(letter)
-    assert {l.item["email"] for l in reasons["invalidEmails"]} >= {f"u{u}@invalid.test" for u in (5, 6, 7)}
-    exhausted = [l for l in letters if l.reason.startswith("retries exhausted")]
+    assert {l.item["email"] for l in reasons["invalidEmails"]} >= {
+        f"u{u}@invalid.test" for u in (5, 6, 7)
+    }
+    exhausted = [l for l in letters if l.kind == "retries_exhausted"]
     assert {l.item["id"] for l in exhausted} == {f"ev-{u}-1" for u in range(3)}
     assert all(l.attempts == 2 for l in exhausted)
 
     # Iterable is healthy again: a replay delivers the retryable ones; the invalid
     # emails fail again and go back to the dead letters with their reason.
-    async with Iterable(SimulatorConfig(track_bulk_per_second=100, bulk_update_per_second=100)) as healthy:
+    async with Iterable(
+        SimulatorConfig(track_bulk_per_second=100, bulk_update_per_second=100)
+    ) as healthy:
         replay_config = make_config(tmp_path, healthy.url, limits=limits(100, 100))
         (result,) = await replay(replay_config, timeout=30)
         assert {f"ev-{u}-1" for u in range(3)} <= healthy.state.event_ids
@@ -215,7 +221,10 @@ async def test_order_per_user_and_user_before_events_with_many_requests_in_fligh
     # Iterable refuses events of users it does not know yet, and answers slowly, so
     # several requests overlap; small batches make many of them.
     sim_config = SimulatorConfig(
-        track_bulk_per_second=500, bulk_update_per_second=500, require_user_first=True, latency_ms=15
+        track_bulk_per_second=500,
+        bulk_update_per_second=500,
+        require_user_first=True,
+        latency_ms=15,
     )
     async with Iterable(sim_config) as iterable:
         config = make_config(
@@ -238,7 +247,7 @@ async def test_order_per_user_and_user_before_events_with_many_requests_in_fligh
             assert status == 200
         await eventually(lambda: len(iterable.state.event_ids) >= users * 10, timeout=30)
         assert await daemon.drain_and_stop()
-        delivery = daemon.forwarder.syncs[0].delivery  # type: ignore[union-attr]
+        delivery = daemon.pipeline.deliveries[0]
         assert not delivery.stats.dead, delivery.stats.dead
         assert delivery.stats.retries["events/trackBulk"] == 0  # never sent before its user
     in_flight_peak = max_overlap(iterable.state.requests, 0.015)
@@ -270,9 +279,9 @@ async def test_bad_api_key_pauses_the_sync_and_keeps_its_items(
         config = make_config(tmp_path, iterable.url, limits=limits(100, 100))
         daemon = await Daemon(config).start()
         await post_events(session, daemon.url, [identify(1), event(1, 0), event(1, 1)])
-        delivery = daemon.forwarder.syncs[0].delivery  # type: ignore[union-attr]
-        await eventually(lambda: delivery.paused is not None)
-        assert "API key" in delivery.paused
+        delivery = daemon.pipeline.deliveries[0]
+        await eventually(lambda: delivery.pause.reason is not None)
+        assert "API key" in delivery.pause.reason
         assert delivery.lanes.items >= 1 and not delivery.stats.dead
         async with session.get(f"{daemon.url}/status") as response:
             status = await response.json()
@@ -280,5 +289,5 @@ async def test_bad_api_key_pauses_the_sync_and_keeps_its_items(
         # The operator fixes the key on Iterable's side: the sync resumes by itself.
         iterable.config.api_keys = frozenset({ITERABLE_KEY})
         await eventually(lambda: {"ev-1-0", "ev-1-1"} <= iterable.state.event_ids)
-        assert delivery.paused is None
+        assert delivery.pause.reason is None
         assert await daemon.drain_and_stop()

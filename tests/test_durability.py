@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from forwarder.simulator import SimulatorConfig, SimulatorState, build_simulator_app
+from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from tests.harness import AMPLITUDE_KEY, Daemon, eventually, make_config, post_events, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ api_keys = ["{AMPLITUDE_KEY}"]
 drain_timeout_seconds = {extra.get("drain", "15")}
 
 [storage]
-path = "{tmp_path / 'var'}"
+path = "{tmp_path / "var"}"
 durability = "journal"
 {storage}
 
@@ -74,8 +74,16 @@ class DaemonProcess:
     async def start(self) -> DaemonProcess:
         self._log_file = open(self.log, "wb")
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "forwarder", "run", "--config", str(self.config),
-            cwd=ROOT, env=self.env, stdout=self._log_file, stderr=self._log_file,
+            sys.executable,
+            "-m",
+            "forwarder",
+            "run",
+            "--config",
+            str(self.config),
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log_file,
+            stderr=self._log_file,
         )
         async with aiohttp.ClientSession() as session:
             deadline = time.monotonic() + 20
@@ -117,7 +125,9 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_event(tmp_path: Path) -> 
     state = SimulatorState()
     # Iterable takes 5 requests/s of up to 100 events: far slower than we post, so a
     # backlog sits in the daemon when it is killed.
-    runner, sim_url = await serve(build_simulator_app(SimulatorConfig(track_bulk_per_second=5), state))
+    runner, sim_url = await serve(
+        build_simulator_app(SimulatorConfig(track_bulk_per_second=5), state)
+    )
     port = free_port()
     config = write_config(tmp_path, port, sim_url)
     acknowledged: set[str] = set()
@@ -160,7 +170,9 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_event(tmp_path: Path) -> 
 
 async def test_sigterm_drains_exits_0_and_sends_nothing_twice(tmp_path: Path) -> None:
     state = SimulatorState()
-    runner, sim_url = await serve(build_simulator_app(SimulatorConfig(track_bulk_per_second=20), state))
+    runner, sim_url = await serve(
+        build_simulator_app(SimulatorConfig(track_bulk_per_second=20), state)
+    )
     port = free_port()
     config = write_config(tmp_path, port, sim_url, rate="20")
     notify_path = tmp_path / "notify.sock"
@@ -218,8 +230,8 @@ async def test_torn_journal_tail_keeps_the_records_before_it(tmp_path: Path) -> 
             for k in range(5):
                 status, _ = await post_events(session, daemon.url, batch(k * 10, 10))
                 assert status == 200
-            assert daemon.forwarder is not None and daemon.runner is not None
-            await daemon.forwarder.stop()  # like a crash: nothing drained
+            assert daemon.runner is not None
+            await daemon.pipeline.stop()  # like a crash: nothing drained
             await daemon.runner.cleanup()
             segments = sorted((tmp_path / "var" / "journal").glob("segment-*.log"))
             data = segments[-1].read_bytes()
@@ -255,8 +267,8 @@ async def test_journal_disk_cap_answers_429_not_a_crash(tmp_path: Path) -> None:
             assert statuses[0] == 200 and 429 in statuses
             async with session.get(daemon.url + "/healthz") as response:
                 assert response.status == 200
-            assert daemon.forwarder is not None and daemon.runner is not None
-            await daemon.forwarder.stop()
+            assert daemon.runner is not None
+            await daemon.pipeline.stop()
             await daemon.runner.cleanup()
     finally:
         await runner.cleanup()

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify
 
-from forwarder.simulator import SimulatorConfig, SimulatorState, build_simulator_app
+from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from tests.harness import AMPLITUDE_KEY, Daemon, eventually, make_config, post_events, serve
 
 SYNC_SETTINGS: dict[str, Any] = {
@@ -31,7 +31,9 @@ SYNC_SETTINGS: dict[str, Any] = {
 }
 
 
-def run_sdk(url: str, calls: list[tuple[str, Any, Any]], route: str = "/2/httpapi") -> list[tuple[str, int]]:
+def run_sdk(
+    url: str, calls: list[tuple[str, Any, Any]], route: str = "/2/httpapi"
+) -> list[tuple[str, int]]:
     """Drive the real SDK (threaded, blocking) and collect every callback's code."""
     results: list[tuple[str, int]] = []
 
@@ -59,10 +61,14 @@ def run_sdk(url: str, calls: list[tuple[str, Any, Any]], route: str = "/2/httpap
 
 
 @pytest.mark.parametrize("route", ["/2/httpapi", "/batch"])
-async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: Path, route: str) -> None:
+async def test_sdk_identify_then_events_reach_iterable_as_configured(
+    tmp_path: Path, route: str
+) -> None:
     state = SimulatorState()
     runner, sim_url = await serve(
-        build_simulator_app(SimulatorConfig(require_user_first=True, track_bulk_per_second=100), state)
+        build_simulator_app(
+            SimulatorConfig(require_user_first=True, track_bulk_per_second=100), state
+        )
     )
     config = make_config(tmp_path, sim_url, durability="journal", **SYNC_SETTINGS)
     daemon = await Daemon(config).start()
@@ -83,17 +89,39 @@ async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: P
                     insert_id="purchase-1",
                     time=1_700_000_123_456,
                     event_properties={
-                        "price": 42.5, "sku": "SKU-1", "color": "red",
-                        "campaign_id": "1234", "template_id": 99,
+                        "price": 42.5,
+                        "sku": "SKU-1",
+                        "color": "red",
+                        "campaign_id": "1234",
+                        "template_id": 99,
                     },
                 ),
                 None,
             )
         )
-        calls.append(("track", BaseEvent("Purchase", user_id=user, insert_id="cheap", event_properties={"price": 3}), None))
+        calls.append(
+            (
+                "track",
+                BaseEvent(
+                    "Purchase", user_id=user, insert_id="cheap", event_properties={"price": 3}
+                ),
+                None,
+            )
+        )
         calls.append(("track", BaseEvent("Logged In", user_id=user, insert_id="other"), None))
         # A device-only user with no email: counted, never sent.
-        calls.append(("track", BaseEvent("Purchase", device_id="device-without-user", insert_id="anon", event_properties={"price": 50}), None))
+        calls.append(
+            (
+                "track",
+                BaseEvent(
+                    "Purchase",
+                    device_id="device-without-user",
+                    insert_id="anon",
+                    event_properties={"price": 50},
+                ),
+                None,
+            )
+        )
         results = await asyncio.to_thread(run_sdk, daemon.url, calls, route)
         assert results and all(code == 200 for _, code in results), results
 
@@ -111,13 +139,22 @@ async def test_sdk_identify_then_events_reach_iterable_as_configured(tmp_path: P
         "userId": user,
         "campaignId": 1234,
         "templateId": 99,
-        "dataFields": {"price": 42.5, "sku": "SKU-1", "plan": "enterprise", "planName": "enterprise"},
+        "dataFields": {
+            "price": 42.5,
+            "sku": "SKU-1",
+            "plan": "enterprise",
+            "planName": "enterprise",
+        },
     }
     assert state.event_ids == {"purchase-1"}  # the filter and the selection kept the rest out
     (update,) = state.users
     assert update["email"] == "grace@example.com" and update["userId"] == user
-    assert update["dataFields"] == {"plan": "enterprise", "city": "Lisbon", "planName": "enterprise"}
-    stats = daemon.forwarder.syncs[0].stats  # type: ignore[union-attr]
+    assert update["dataFields"] == {
+        "plan": "enterprise",
+        "city": "Lisbon",
+        "planName": "enterprise",
+    }
+    stats = daemon.pipeline.intake.stats[0]
     assert stats.skipped["no_identity"] == 1
     assert stats.skipped["filtered"] == 1
     assert stats.skipped["not_selected"] == 1
@@ -130,10 +167,17 @@ async def test_users_update_only_when_a_selected_property_changes(tmp_path: Path
     daemon = await Daemon(config).start()
     try:
         async with aiohttp.ClientSession() as session:
-            def ident(props: dict[str, Any]) -> dict[str, Any]:
-                return {"event_type": "$identify", "user_id": "user-12345", "user_properties": props}
 
-            await post_events(session, daemon.url, [ident({"$set": {"email": "a@b.io", "plan": "pro"}})])
+            def ident(props: dict[str, Any]) -> dict[str, Any]:
+                return {
+                    "event_type": "$identify",
+                    "user_id": "user-12345",
+                    "user_properties": props,
+                }
+
+            await post_events(
+                session, daemon.url, [ident({"$set": {"email": "a@b.io", "plan": "pro"}})]
+            )
             await eventually(lambda: len(state.users) == 1)
             # Same values again, and an unselected property: nothing to send.
             await post_events(session, daemon.url, [ident({"$set": {"plan": "pro", "shoe": 44}})])
@@ -141,7 +185,13 @@ async def test_users_update_only_when_a_selected_property_changes(tmp_path: Path
             await post_events(
                 session,
                 daemon.url,
-                [{"event_type": "Viewed", "user_id": "user-12345", "user_properties": {"city": "Oslo"}}],
+                [
+                    {
+                        "event_type": "Viewed",
+                        "user_id": "user-12345",
+                        "user_properties": {"city": "Oslo"},
+                    }
+                ],
             )
             await eventually(lambda: len(state.users) == 2)
             assert await daemon.drain_and_stop()
@@ -160,8 +210,16 @@ async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> Non
             status, _ = await post_events(
                 session,
                 daemon.url,
-                [{"event_type": "$identify", "user_id": "user-77777",
-                  "user_properties": {"$set": {"email": "kept@example.com", "plan": "team"}, "$add": {"logins": 2}}}],
+                [
+                    {
+                        "event_type": "$identify",
+                        "user_id": "user-77777",
+                        "user_properties": {
+                            "$set": {"email": "kept@example.com", "plan": "team"},
+                            "$add": {"logins": 2},
+                        },
+                    }
+                ],
             )
             assert status == 200
             assert await daemon.drain_and_stop()
@@ -170,11 +228,17 @@ async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> Non
             await post_events(
                 session,
                 again.url,
-                [{"event_type": "Purchase", "user_id": "user-77777", "insert_id": "after-restart",
-                  "event_properties": {"price": 11}}],
+                [
+                    {
+                        "event_type": "Purchase",
+                        "user_id": "user-77777",
+                        "insert_id": "after-restart",
+                        "event_properties": {"price": 11},
+                    }
+                ],
             )
             await eventually(lambda: "after-restart" in state.event_ids)
-            profile = again.forwarder.profiles.get("user-77777")  # type: ignore[union-attr]
+            profile = again.pipeline.intake.profiles.get("user-77777")
             assert profile == {"email": "kept@example.com", "plan": "team", "logins": 2}
             assert await again.drain_and_stop()
     finally:
@@ -184,7 +248,9 @@ async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("durability", ["memory", "journal"])
-async def test_a_device_profile_carries_over_to_the_user_who_logs_in_on_it(tmp_path: Path, durability: str) -> None:
+async def test_a_device_profile_carries_over_to_the_user_who_logs_in_on_it(
+    tmp_path: Path, durability: str
+) -> None:
     state = SimulatorState()
     runner, sim_url = await serve(build_simulator_app(SimulatorConfig(), state))
     config = make_config(tmp_path, sim_url, durability=durability, **SYNC_SETTINGS)
@@ -192,15 +258,33 @@ async def test_a_device_profile_carries_over_to_the_user_who_logs_in_on_it(tmp_p
     try:
         async with aiohttp.ClientSession() as session:
             # Before sign-up: only a device, and it gives its email.
-            await post_events(session, daemon.url, [
-                {"event_type": "$identify", "device_id": "device-anon-1",
-                 "user_properties": {"$set": {"email": "early@example.com", "plan": "trial"}}},
-            ])
+            await post_events(
+                session,
+                daemon.url,
+                [
+                    {
+                        "event_type": "$identify",
+                        "device_id": "device-anon-1",
+                        "user_properties": {
+                            "$set": {"email": "early@example.com", "plan": "trial"}
+                        },
+                    },
+                ],
+            )
             # After sign-up: the SDK sends both ids; the event itself carries no email.
-            await post_events(session, daemon.url, [
-                {"event_type": "Purchase", "user_id": "user-signed-up", "device_id": "device-anon-1",
-                 "insert_id": "first-purchase", "event_properties": {"price": 20}},
-            ])
+            await post_events(
+                session,
+                daemon.url,
+                [
+                    {
+                        "event_type": "Purchase",
+                        "user_id": "user-signed-up",
+                        "device_id": "device-anon-1",
+                        "insert_id": "first-purchase",
+                        "event_properties": {"price": 20},
+                    },
+                ],
+            )
             await eventually(lambda: "first-purchase" in state.event_ids)
             assert await daemon.drain_and_stop()
     finally:

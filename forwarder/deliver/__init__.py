@@ -1,0 +1,1 @@
+"""Delivery: lanes -> batcher -> rate budget -> sender -> outcome -> settlement, per sync."""

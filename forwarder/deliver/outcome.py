@@ -1,0 +1,418 @@
+"""Reading Iterable's answer to one bulk request into a fate per item (pure, no I/O)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from forwarder.deliver.answers import (
+    BulkResponse,
+    ErrorResponse,
+    decode_json,
+    describe,
+    failure_lists,
+    identity_kind,
+    parse_retry_after,
+    read_bulk_response,
+    read_error,
+    status_text,
+)
+from forwarder.errors import Failure, FailureKind, scrub
+from forwarder.iterable import Endpoint, Item, TrackEvent
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """The fate of every item of one bulk request, by index into the batch.
+
+    Unless `split` or `auth_failure` is set, every index appears in exactly one of
+    delivered, dead, retry and resend. With `split` the sender bisects the whole batch;
+    with `auth_failure` no item has a fate: the sync pauses and keeps them queued.
+    """
+
+    delivered: list[int] = []
+    dead: list[tuple[int, Failure]] = []
+    retry: list[int] = []
+    resend: list[int] = []
+    split: bool = False
+    retry_after: float | None = None
+    auth_failure: str | None = None
+    # One line on the whole answer, for logs and for the dead letters of retries that
+    # run out (the sender's "HTTP 200" says nothing about why an item is retried).
+    summary: str = ""
+
+
+Fate = Literal["dead", "retry", "ignore"]
+
+# Why each failure list is, or is not, worth retrying:
+# - invalid*, invalidData*: the value or the data is malformed; resending the same bytes
+#   gets the same answer.
+# - forgotten*: the user was forgotten under GDPR; Iterable refuses their data until
+#   someone unforgets them, which is an operator's act (dead letters can be replayed).
+# - conflict*: another profile already holds that email or userId; only a person can
+#   resolve it.
+# - disallowedEventNames: the project blocks that event name: configuration on
+#   Iterable's side, not a passing state.
+# - notFound* on trackBulk: the user is not visible yet. Bulk endpoints are processed
+#   asynchronously, so events sent right after the user's bulkUpdate can race it; a few
+#   retries with backoff (bounded by the sender's max_attempts / max_retry_seconds) cover
+#   that. If the user was never created the item ends as a dead letter with that reason.
+# - notFound* on bulkUpdate: the spec says these lists are "for subscribe/unsubscribe
+#   only"; a bulkUpdate creates users, so a miss there means the identity cannot be
+#   resolved (a userId alone in an email-based project without preferUserId): permanent.
+PERMANENT_LISTS = frozenset(
+    {
+        "invalidEmails",
+        "invalidUserIds",
+        "forgottenEmails",
+        "forgottenUserIds",
+        "conflictEmails",
+        "conflictUserIds",
+        "invalidDataEmails",
+        "invalidDataUserIds",
+        "disallowedEventNames",
+    }
+)
+NOT_FOUND_LISTS = frozenset({"notFoundEmails", "notFoundUserIds"})
+_PERMANENT_WORDS = ("invalid", "forgotten", "conflict", "disallowed")
+
+
+def classify_list(name: str, endpoint: Endpoint) -> Fate:
+    """What a failure list means for the items it names; unknown names by their words.
+
+    An unknown list that says nothing about its cause ("failedEmails" in Iterable's own
+    client, "validEmailFailures" on another bulk endpoint, where it means an internal
+    error) is retried: a bounded number of resends costs little, and a dead letter for an
+    item Iterable would have taken on the next try is the worse mistake.
+    """
+    if name in PERMANENT_LISTS:
+        return "dead"
+    if name in NOT_FOUND_LISTS or "notfound" in name.lower():
+        return "retry" if endpoint is Endpoint.TRACK_BULK else "dead"
+    if name.startswith("noOp"):
+        return "ignore"  # peers' mocks: the update changed nothing, Iterable took it
+    lowered = name.lower()
+    if any(word in lowered for word in _PERMANENT_WORDS):
+        return "dead"
+    return "retry"
+
+
+# Failure kinds by the words of a list's name, most specific first; known names and
+# unknown ones that say what they hold ("blockedInvalidUserIds") read the same way.
+_KIND_WORDS = (
+    ("forgotten", FailureKind.FORGOTTEN_USER),
+    ("conflict", FailureKind.IDENTITY_CONFLICT),
+    ("disallowed", FailureKind.EVENT_NAME_DISALLOWED),
+    ("invaliddata", FailureKind.INVALID_DATA),
+    ("invalid", FailureKind.INVALID_IDENTITY),
+    ("notfound", FailureKind.USER_NOT_FOUND),
+)
+
+
+def list_failure(name: str) -> Failure:
+    """The dead-letter failure of an item a failure list names."""
+    lowered = name.lower()
+    for word, kind in _KIND_WORDS:
+        if word in lowered:
+            return Failure(kind, name)
+    return Failure(FailureKind.OTHER_FAILURE_LIST, name)
+
+
+# --- the entry point ------------------------------------------------------------------
+
+
+def read_outcome(
+    endpoint: Endpoint,
+    status: int | None,
+    headers: Mapping[str, str],
+    body: bytes,
+    items: Sequence[Item],
+    *,
+    now: float | None = None,
+) -> Outcome:
+    """Iterable's answer to one bulk request of `items`, as a fate per item.
+
+    `status` None means no answer (timeout, connection error). `now` (Unix seconds) is
+    for tests of an HTTP-date Retry-After.
+    """
+    count = len(items)
+    everything = list(range(count))
+    if status is None or status == 408 or status == 429 or status >= 500:
+        # The request itself failed or was refused for now: Iterable took nothing.
+        why = (
+            "no answer (timeout or connection error)" if status is None else describe(status, body)
+        )
+        return Outcome(retry=everything, retry_after=parse_retry_after(headers, now), summary=why)
+    if 200 <= status < 300:
+        return _read_success(endpoint, body, items)
+    if status in (401, 403):
+        # A bad, disabled or under-privileged key: configuration, not data.
+        why = describe(status, body)
+        return Outcome(auth_failure=why, summary=why)
+    if status in (404, 405):
+        # The bulk endpoints exist on every Iterable project: a 404/405 means a wrong
+        # base_url or proxy, which is configuration too. Pausing keeps the data; burning
+        # every item into dead letters on a typo would not.
+        why = describe(status, body) + " (check base_url / region)"
+        return Outcome(auth_failure=why, summary=why)
+    if status in (400, 409):
+        return _read_rejection(endpoint, status, body, items)
+    if status == 413:
+        # Too large as a whole: halves fit; a single item that is too large never will.
+        why = describe(status, body)
+        if count == 1:
+            return Outcome(dead=[(0, Failure(FailureKind.ITEM_TOO_LARGE, why))], summary=why)
+        return Outcome(split=True, summary=why)
+    # Any other answer (404, 405, 422, a 3xx...) is about the request, not a passing state:
+    # dead letters keep the items for a replay once the cause is fixed.
+    why = describe(status, body)
+    refused = Failure(FailureKind.REFUSED, why)
+    return Outcome(dead=[(i, refused) for i in everything], summary=why)
+
+
+# --- 400 / 409: the whole request refused ---------------------------------------------
+
+
+def _read_rejection(endpoint: Endpoint, status: int, body: bytes, items: Sequence[Item]) -> Outcome:
+    """A 400 (BadJsonBody, RequestFieldsTypesMismatched, ...) or 409 (identity conflict).
+
+    Iterable refuses the WHOLE bulk request for one bad item. When the error names items
+    (`params` like {"obj.events[1].createdAt": ...}), only those are dead and the others
+    go again at once; otherwise the sender bisects to find the bad one.
+    """
+    error = read_error(body)
+    why = describe(status, body, error)
+    failure = Failure(FailureKind.BAD_REQUEST, why)
+    count = len(items)
+    named = named_indexes(error, endpoint, count)
+    if named:
+        # Iterable names one item per answer; its siblings with the same field type
+        # would each cost another round trip to be named in turn.
+        bad = set(named) | same_type_siblings(error, endpoint, items)
+        named = sorted(bad)
+        resend = [i for i in range(count) if i not in bad]
+        return Outcome(dead=[(i, failure) for i in named], resend=resend, summary=why)
+    if count == 1:
+        return Outcome(dead=[(0, failure)], summary=why)
+    return Outcome(split=True, summary=why)
+
+
+def named_indexes(error: ErrorResponse, endpoint: Endpoint, count: int) -> list[int]:
+    """Indexes of the batch an error names, like "obj.events[1].createdAt" or "users[3]".
+
+    `params` is searched first (its keys and string values, nested); `msg` only when
+    params names nothing. Indexes outside the batch are ignored, as are paths into the
+    other endpoint's list.
+    """
+    pattern = _INDEX_PATTERNS[endpoint]
+    found: set[int] = set()
+    for text in _texts(error.params):
+        found.update(int(m.group(1)) for m in pattern.finditer(text))
+    if not found and error.msg:
+        found.update(int(m.group(1)) for m in pattern.finditer(error.msg))
+    return sorted(i for i in found if i < count)
+
+
+def same_type_siblings(error: ErrorResponse, endpoint: Endpoint, items: Sequence[Item]) -> set[int]:
+    """Items that break the same field-type rule as a named one.
+
+    Iterable fixes a dataFields field's type per event name (events) or per project
+    (users), and a 400 RequestFieldsTypesMismatched names one offender, like
+    "obj.events[3].dataFields.price". Every item of the batch with the same event name
+    and the same JSON type in that field fails for the same reason.
+    """
+    pattern = _FIELD_PATTERNS[endpoint]
+    kinds: set[tuple[str | None, str, str]] = set()
+    for text in _texts(error.params):
+        for match in pattern.finditer(text):
+            index, field = int(match.group(1)), match.group(2)
+            if index < len(items):
+                fields = items[index].dataFields or {}
+                if field in fields:
+                    kinds.add((_kind_owner(items[index]), field, _json_kind(fields[field])))
+    if not kinds:
+        return set()
+    siblings = set()
+    for index, item in enumerate(items):
+        fields = item.dataFields or {}
+        owner = _kind_owner(item)
+        for kind_owner, field, kind in kinds:
+            if owner == kind_owner and field in fields and _json_kind(fields[field]) == kind:
+                siblings.add(index)
+    return siblings
+
+
+def _kind_owner(item: Item) -> str | None:
+    return item.eventName if isinstance(item, TrackEvent) else None
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    return type(value).__name__
+
+
+_FIELD_PATTERNS = {
+    endpoint: re.compile(
+        r"(?<![A-Za-z0-9_])" + endpoint.list_key + r"\[(\d+)\]\.dataFields\.([A-Za-z0-9_$\-]+)"
+    )
+    for endpoint in Endpoint
+}
+
+_INDEX_PATTERNS = {
+    endpoint: re.compile(r"(?<![A-Za-z0-9_])" + endpoint.list_key + r"\[(\d+)\]")
+    for endpoint in Endpoint
+}
+
+
+def _texts(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in a params value: dict keys and values, list elements, nested."""
+    if depth > 4:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield str(key)
+            yield from _texts(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _texts(inner, depth + 1)
+
+
+# --- 200: per-item failures -----------------------------------------------------------
+
+
+def _read_success(endpoint: Endpoint, body: bytes, items: Sequence[Item]) -> Outcome:
+    count = len(items)
+    raw = decode_json(body)
+    if not isinstance(raw, dict):
+        # Empty, not JSON, or not an object: Iterable took the request (the status says
+        # so) and nothing in the body contradicts it. Resending could not be verified
+        # either, so the items count as delivered; the summary lets the sender log it.
+        excerpt = status_text(body)
+        summary = "2xx without a JSON object body, taken as delivered"
+        return Outcome(
+            delivered=list(range(count)),
+            summary=summary + (f" (body: {excerpt})" if excerpt else ""),
+        )
+    response = read_bulk_response(raw)
+    lists = failure_lists(response, raw)
+    fates = _match(endpoint, lists, items)
+    failed = sum(1 for fate, _ in fates.values() if fate != "ignore")
+    ignored = len(fates) - failed
+
+    # Counts are Iterable's own tally; when they report more failures than the lists
+    # name (a list we cannot match, a value normalised differently), we cannot tell which
+    # unnamed items failed, so those are retried (resends are idempotent: an event id
+    # updates, a user update rewrites the same fields) rather than counted as delivered.
+    shortfalls = []
+    if response.failCount is not None:
+        shortfalls.append(response.failCount - failed)
+    if response.successCount is not None:
+        shortfalls.append(count - response.successCount - failed - ignored)
+    unexplained = max(shortfalls, default=0)
+    no_counts = response.successCount is None and response.failCount is None
+    error_code = response.code not in (None, "", "Success")
+    if no_counts and not lists and error_code:
+        # A 2xx that calls itself an error and reports nothing: do not trust it as taken.
+        unexplained = count
+
+    summary = _success_summary(response, lists, fates, unexplained, error_code)
+    if not fates and unexplained <= 0:
+        return Outcome(delivered=list(range(count)), summary=summary)  # the usual answer
+    # A list naming an item wins over counts that say everything succeeded: a dead letter
+    # can be replayed, an item wrongly counted as delivered is lost.
+    outcome = Outcome(summary=summary)
+    unnamed = outcome.retry if unexplained > 0 else outcome.delivered
+    for index in range(count):
+        fate = fates.get(index)
+        if fate is None:
+            unnamed.append(index)
+        elif fate[0] == "dead":
+            outcome.dead.append((index, list_failure(fate[1])))
+        elif fate[0] == "retry":
+            outcome.retry.append(index)
+        else:
+            outcome.delivered.append(index)
+    return outcome
+
+
+def _match(
+    endpoint: Endpoint, lists: Mapping[str, list[str]], items: Sequence[Item]
+) -> dict[int, tuple[Fate, str]]:
+    """Index -> (fate, list name) for every item a failure list names.
+
+    Emails match case-insensitively and trimmed (Iterable lowercases them), userIds and
+    event names exactly (a trimmed userId is tried when the exact one is not found). A
+    permanent failure wins over a retryable one, and both over a no-op.
+    """
+    if not lists:
+        return {}
+    by_email: dict[str, list[int]] = {}
+    by_user_id: dict[str, list[int]] = {}
+    by_event_name: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.email:
+            by_email.setdefault(item.email.strip().lower(), []).append(index)
+        if item.userId:
+            by_user_id.setdefault(item.userId, []).append(index)
+        if isinstance(item, TrackEvent):
+            by_event_name.setdefault(item.eventName, []).append(index)
+    stripped_user_ids: dict[str, list[int]] | None = None
+
+    fates: dict[int, tuple[Fate, str]] = {}
+    rank: dict[Fate, int] = {"dead": 2, "retry": 1, "ignore": 0}
+    for name, values in lists.items():
+        fate = classify_list(name, endpoint)
+        kind = identity_kind(name)
+        for value in values:
+            if kind == "email":
+                hits = by_email.get(value.strip().lower(), [])
+            elif kind == "userId":
+                hits = by_user_id.get(value, [])
+                if not hits:
+                    if stripped_user_ids is None:
+                        stripped_user_ids = {}
+                        for key, indexes in by_user_id.items():
+                            stripped_user_ids.setdefault(key.strip(), []).extend(indexes)
+                    hits = stripped_user_ids.get(value.strip(), [])
+            elif kind == "eventName":
+                hits = by_event_name.get(value, [])
+            else:
+                hits = []
+            for index in hits:
+                current = fates.get(index)
+                if current is None or rank[fate] > rank[current[0]]:
+                    fates[index] = (fate, name)
+    return fates
+
+
+def _success_summary(
+    response: BulkResponse,
+    lists: Mapping[str, list[str]],
+    fates: Mapping[int, tuple[Fate, str]],
+    unexplained: int,
+    error_code: bool,
+) -> str:
+    parts = []
+    if response.successCount is not None or response.failCount is not None:
+        parts.append(f"successCount {response.successCount}, failCount {response.failCount}")
+    by_list: dict[str, int] = {}
+    for _, name in fates.values():
+        by_list[name] = by_list.get(name, 0) + 1
+    parts.extend(f"{n} in {name}" for name, n in sorted(by_list.items()))
+    unmatched = sorted(name for name in lists if name not in by_list)
+    if unmatched:
+        parts.append("unmatched values in " + ", ".join(unmatched))
+    if unexplained > 0:
+        parts.append(f"{unexplained} failure(s) not named by any list: unnamed items retried")
+    if error_code:
+        parts.append(f"code {response.code}: {scrub(response.msg or '')}".rstrip(": "))
+    return "200: " + ("; ".join(parts) if parts else "all delivered")

@@ -1,0 +1,159 @@
+"""Delivery for one sync: lanes -> batchers -> rate budget -> sender -> settlement, tied here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import msgspec
+
+from forwarder.config import SyncConfig
+from forwarder.deliver.batcher import Batcher
+from forwarder.deliver.lanes import Lanes, Queued
+from forwarder.deliver.pause import Pause
+from forwarder.deliver.rate import RateBudget, SendStamp
+from forwarder.deliver.sender import Sender
+from forwarder.deliver.settle import Acknowledge, Settlement
+from forwarder.deliver.stats import DeliveryStats
+from forwarder.errors import Failure, FailureKind
+from forwarder.iterable import ENDPOINTS, BatchCaps, Endpoint, Item, caps_of, identity_of
+from forwarder.store.dead_letters import DeadLetterFile
+
+log = logging.getLogger("forwarder.sender")
+_encoder = msgspec.json.Encoder()
+
+
+class SyncDelivery:
+    """Everything between routed items and Iterable's answers for one sync."""
+
+    def __init__(
+        self,
+        sync: SyncConfig,
+        rate: RateBudget,
+        dead_letters: DeadLetterFile,
+        acknowledge: Acknowledge,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sync = sync
+        self.name = sync.name
+        self.lanes = Lanes()
+        self.stats = DeliveryStats()
+        self.pause = Pause(sync)
+        self.settlement = Settlement(sync.name, self.stats, dead_letters, acknowledge)
+        self.sender = Sender(sync, rate, self.settlement, self.pause, rng)
+        self.caps: dict[Endpoint, BatchCaps] = {e: caps_of(sync.limits, e) for e in ENDPOINTS}
+        self._slots = {e: asyncio.Semaphore(sync.delivery.max_in_flight) for e in ENDPOINTS}
+        self._batchers = {
+            e: Batcher(
+                e,
+                self.lanes,
+                self.caps[e],
+                sync.delivery.linger_ms / 1000.0,
+                self.pause,
+                rate,
+                sync.api_key,
+                self._slots[e],
+                self._launch,
+            )
+            for e in ENDPOINTS
+        }
+        self._batcher_tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- intake --------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        delivery = self.sync.delivery
+        return (
+            self.lanes.items < delivery.max_queued_items
+            and self.lanes.bytes < delivery.max_queued_bytes
+        )
+
+    def enqueue(
+        self, endpoint: Endpoint, item: Item, encoded: bytes | None = None, seq: int | None = None
+    ) -> None:
+        """Queue one item behind its user's earlier items (never blocks).
+
+        `encoded` is the item's JSON when the caller has it already; `seq` is the durable
+        log record to acknowledge once the item is settled.
+        """
+        if encoded is None:
+            encoded = _encoder.encode(item)
+        queued = Queued(identity_of(item), endpoint, item, encoded, seq=seq)
+        budget = self.caps[endpoint].item_budget(endpoint)
+        if len(encoded) > budget:
+            # It could never be sent: say so now rather than block its user's lane.
+            detail = f"{len(encoded)} bytes, more than max_request_bytes allows ({budget})"
+            self.settlement.dead([(queued, Failure(FailureKind.ITEM_TOO_LARGE, detail))])
+            return
+        self.lanes.put(queued)
+        self._idle.clear()
+        self._batchers[endpoint].wake.set()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sender.start()
+        self._batcher_tasks = [
+            asyncio.create_task(batcher.run(), name=f"batcher-{self.name}-{endpoint.value}")
+            for endpoint, batcher in self._batchers.items()
+        ]
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send everything queued without lingering; True when all of it settled in time."""
+        for batcher in self._batchers.values():
+            batcher.flushing = True
+            batcher.wake.set()
+        try:
+            await asyncio.wait_for(self.wait_idle(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            for batcher in self._batchers.values():
+                batcher.flushing = False
+
+    async def wait_idle(self) -> None:
+        while self.lanes.items or self._tasks:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def stop(self) -> list[Queued]:
+        """Stop sending; what was still queued or in flight (the journal keeps it)."""
+        tasks = [*self._batcher_tasks, *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.sender.close()
+        return self.lanes.drain_all()
+
+    # --- one batch -----------------------------------------------------------------
+
+    def _launch(self, endpoint: Endpoint, batch: list[Queued], stamp: SendStamp) -> None:
+        task = asyncio.create_task(self._deliver(endpoint, batch, stamp))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _deliver(self, endpoint: Endpoint, batch: list[Queued], stamp: SendStamp) -> None:
+        """A batch through the sender; its users stay busy until it is settled."""
+        slot = self._slots[endpoint]
+        back: list[Queued] = []
+        self.stats.in_flight += 1
+        try:
+            back = await self.sender.send(endpoint, batch, stamp, slot)
+        finally:
+            self.stats.in_flight -= 1
+            slot.release()
+            self.lanes.settle({q.user for q in batch}, back)
+            for batcher in self._batchers.values():
+                batcher.wake.set()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception(), extra={"sync": self.name})
+        if not self._tasks and not self.lanes.items:
+            self._idle.set()

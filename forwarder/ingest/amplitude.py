@@ -1,0 +1,394 @@
+"""Amplitude's ingest wire shapes (HTTP V2, Batch, Identify) and its validation rules."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import msgspec
+
+from forwarder.errors import FailureKind, ForwarderError, mask
+
+IDENTIFY_EVENT = "$identify"
+GROUP_IDENTIFY_EVENT = "$groupidentify"
+DEFAULT_MIN_ID_LENGTH = 5
+# Amplitude refuses these as ids: SDK placeholders that would merge unrelated users.
+INVALID_ID_VALUES = frozenset(
+    {
+        "null",
+        "undefined",
+        "unknown",
+        "none",
+        "nil",
+        "0",
+        "-1",
+        "00000000-0000-0000-0000-000000000000",
+        "lmy47d",
+        "[]",
+        "{}",
+    }
+)
+
+
+class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One Amplitude event as the HTTP V2 and Batch APIs take it (unknown fields are ignored)."""
+
+    event_type: str | None = None
+    user_id: str | None = None
+    device_id: str | None = None
+    time: int | None = None
+    event_properties: dict[str, Any] | None = None
+    user_properties: dict[str, Any] | None = None
+    groups: dict[str, Any] | None = None
+    group_properties: dict[str, Any] | None = None
+    insert_id: str | None = None
+    app_version: str | None = None
+    platform: str | None = None
+    os_name: str | None = None
+    os_version: str | None = None
+    device_brand: str | None = None
+    device_manufacturer: str | None = None
+    device_model: str | None = None
+    carrier: str | None = None
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+    dma: str | None = None
+    language: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    revenue: float | None = None
+    currency: str | None = None
+    productId: str | None = None
+    revenueType: str | None = None
+    location_lat: float | None = None
+    location_lng: float | None = None
+    ip: str | None = None
+    idfa: str | None = None
+    idfv: str | None = None
+    adid: str | None = None
+    android_id: str | None = None
+    event_id: int | None = None
+    session_id: int | None = None
+    library: str | None = None
+    plan: dict[str, Any] | None = None
+    ingestion_metadata: dict[str, Any] | None = None
+    partner_id: str | None = None
+    user_agent: str | None = None
+
+    @property
+    def amplitude_user(self) -> str:
+        """The key a profile is kept under: user_id, else device_id."""
+        return self.user_id or self.device_id or ""
+
+
+# Event field names, for property paths that name a top-level field.
+EVENT_FIELDS = frozenset(Event.__struct_fields__)
+
+
+class UploadOptions(msgspec.Struct, kw_only=True):
+    min_id_length: int | None = None
+
+
+class UploadRequest(msgspec.Struct, kw_only=True):
+    """Body of POST /2/httpapi and POST /batch, fully typed: the fast path."""
+
+    api_key: str | None = None
+    events: list[Event] | None = None
+    options: UploadOptions | None = None
+
+
+class _LooseUploadRequest(msgspec.Struct, kw_only=True):
+    """The same body with events left raw, to find which event is at fault."""
+
+    api_key: str | None = None
+    events: list[msgspec.Raw] | None = None
+    options: UploadOptions | None = None
+
+
+class IdentifyRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One element of the Identify API's `identification` form field."""
+
+    user_id: str | None = None
+    device_id: str | None = None
+    user_properties: dict[str, Any] | None = None
+    groups: dict[str, Any] | None = None
+    app_version: str | None = None
+    platform: str | None = None
+    os_name: str | None = None
+    os_version: str | None = None
+    device_brand: str | None = None
+    device_manufacturer: str | None = None
+    device_model: str | None = None
+    carrier: str | None = None
+    country: str | None = None
+    region: str | None = None
+    city: str | None = None
+    dma: str | None = None
+    language: str | None = None
+    paying: str | None = None
+    start_version: str | None = None
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+class SuccessBody(msgspec.Struct):
+    code: int
+    events_ingested: int
+    payload_size_bytes: int
+    server_upload_time: int
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: int
+    error: str
+    missing_field: str | None = None
+    events_with_invalid_fields: dict[str, list[int]] | None = None
+    events_with_missing_fields: dict[str, list[int]] | None = None
+    events_with_invalid_id_lengths: dict[str, list[int]] | None = None
+    throttled_events: list[int] | None = None
+    eps_threshold: int | None = None
+
+
+class RejectedRequest(ForwarderError):
+    """An ingest request refused as a whole; `body` is what the client gets back."""
+
+    def __init__(self, status: int, kind: FailureKind, body: ErrorBody) -> None:
+        super().__init__(body.error)
+        self.status = status
+        self.kind = kind
+        self.body = body
+
+
+def bad_request(kind: FailureKind, error: str, **fields: Any) -> RejectedRequest:
+    return RejectedRequest(400, kind, ErrorBody(code=400, error=error, **fields))
+
+
+def payload_too_large(error: str) -> RejectedRequest:
+    return RejectedRequest(413, FailureKind.TOO_LARGE, ErrorBody(code=413, error=error))
+
+
+def throttled(count: int, error: str) -> ErrorBody:
+    """Our backpressure answer: every index throttled, so the SDKs wait before resending."""
+    return ErrorBody(code=429, error=error, throttled_events=list(range(count)))
+
+
+def success(count: int, payload_size: int) -> SuccessBody:
+    return SuccessBody(
+        code=200,
+        events_ingested=count,
+        payload_size_bytes=payload_size,
+        server_upload_time=int(time.time() * 1000),
+    )
+
+
+# --- decoding and validation ------------------------------------------------------------
+
+_upload_decoder = msgspec.json.Decoder(UploadRequest)
+_loose_decoder = msgspec.json.Decoder(_LooseUploadRequest)
+_event_decoder = msgspec.json.Decoder(Event)
+_identify_decoder = msgspec.json.Decoder(IdentifyRecord | list[IdentifyRecord])
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def _field_of(error: msgspec.DecodeError) -> tuple[str, str]:
+    """The top field named by a msgspec error, and the error without the path."""
+    text = str(error)
+    match = _AT_PATH.search(text)
+    if not match:
+        return "event", text
+    path = match.group(1)
+    field = re.split(r"[.\[]", path, maxsplit=1)[0] or "event"
+    return field, text[: match.start()].replace("`", "")
+
+
+def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> list[Event]:
+    """Decode and validate a /2/httpapi or /batch body; raise RejectedRequest like Amplitude."""
+    try:
+        request = _upload_decoder.decode(body)
+    except msgspec.ValidationError:
+        # Some part has the wrong type: decode again loosely to name each event at fault.
+        request = _decode_loose(body)
+    except msgspec.DecodeError as error:
+        raise bad_request(FailureKind.MALFORMED, f"Invalid JSON request body: {error}") from None
+    except RecursionError:
+        raise bad_request(
+            FailureKind.MALFORMED, "Invalid JSON request body: objects nested too deeply"
+        ) from None
+    _check_api_key(request.api_key, api_keys)
+    events = request.events
+    if events is None:
+        raise bad_request(
+            FailureKind.MISSING_EVENTS, "Request missing required field", missing_field="events"
+        )
+    if not events:
+        raise bad_request(
+            FailureKind.MISSING_EVENTS,
+            "Request missing required field: events is empty",
+            missing_field="events",
+        )
+    if len(events) > max_events:
+        raise payload_too_large(f"Too many events in one request: {len(events)} > {max_events}")
+    min_id_length = DEFAULT_MIN_ID_LENGTH
+    if request.options is not None and request.options.min_id_length is not None:
+        if request.options.min_id_length < 1:
+            raise bad_request(
+                FailureKind.INVALID_EVENTS,
+                "Invalid options: min_id_length must be a positive integer",
+                events_with_invalid_fields={"options.min_id_length": []},
+            )
+        min_id_length = request.options.min_id_length
+    check_events(events, min_id_length)
+    return events
+
+
+def _decode_loose(body: bytes) -> UploadRequest:
+    try:
+        loose = _loose_decoder.decode(body)
+    except msgspec.ValidationError as error:
+        field, message = _field_of(error)
+        if field in ("api_key", "options"):
+            raise bad_request(FailureKind.MALFORMED, f"Invalid field {field}: {message}") from None
+        if field == "events":
+            raise bad_request(
+                FailureKind.INVALID_EVENTS,
+                f"Invalid field events: {message}",
+                events_with_invalid_fields={"events": []},
+            ) from None
+        raise bad_request(FailureKind.MALFORMED, f"Invalid request body: {message}") from None
+    except msgspec.DecodeError as error:
+        raise bad_request(FailureKind.MALFORMED, f"Invalid JSON request body: {error}") from None
+    except RecursionError:
+        raise bad_request(
+            FailureKind.MALFORMED, "Invalid JSON request body: objects nested too deeply"
+        ) from None
+    if loose.events is None:
+        return UploadRequest(api_key=loose.api_key, options=loose.options)
+    invalid: dict[str, list[int]] = {}
+    for index, raw in enumerate(loose.events):
+        try:
+            _event_decoder.decode(raw)
+        except RecursionError:
+            invalid.setdefault("event", []).append(index)
+        except msgspec.DecodeError as error:
+            field, _ = _field_of(error)
+            invalid.setdefault(field, []).append(index)
+    # The loose decode only fails the whole body when an event does; name them all.
+    raise bad_request(
+        FailureKind.INVALID_EVENTS,
+        "Request has events with invalid fields",
+        events_with_invalid_fields=invalid,
+    )
+
+
+def _check_api_key(api_key: str | None, api_keys: frozenset[str]) -> None:
+    if not api_key:
+        raise bad_request(
+            FailureKind.MISSING_API_KEY, "Request missing required field", missing_field="api_key"
+        )
+    if api_key not in api_keys:
+        raise bad_request(FailureKind.INVALID_API_KEY, f"Invalid API key: {mask(api_key)}")
+
+
+def check_events(events: list[Event], min_id_length: int = DEFAULT_MIN_ID_LENGTH) -> None:
+    """Amplitude's per-event rules; one bad event rejects the request, naming its index."""
+    missing: dict[str, list[int]] = {}
+    invalid: dict[str, list[int]] = {}
+    short_ids: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        if not event.event_type:
+            missing.setdefault("event_type", []).append(index)
+        if not event.user_id and not event.device_id:
+            missing.setdefault("user_id or device_id", []).append(index)
+        for name, value in (("user_id", event.user_id), ("device_id", event.device_id)):
+            if not value:
+                continue
+            if value.lower() in INVALID_ID_VALUES:
+                invalid.setdefault(name, []).append(index)
+            elif len(value) < min_id_length:
+                short_ids.setdefault(name, []).append(index)
+        if event.time is not None and event.time < 0:
+            invalid.setdefault("time", []).append(index)
+    if missing or invalid or short_ids:
+        parts = []
+        if missing:
+            parts.append("missing fields")
+        if invalid:
+            parts.append("invalid fields")
+        if short_ids:
+            parts.append(f"ids shorter than {min_id_length}")
+        raise bad_request(
+            FailureKind.INVALID_EVENTS,
+            "Request has events with " + " and ".join(parts),
+            events_with_missing_fields=missing or None,
+            events_with_invalid_fields=invalid or None,
+            events_with_invalid_id_lengths=short_ids or None,
+        )
+
+
+def decode_identify(
+    api_key: str | None, identification: str | None, api_keys: frozenset[str], max_events: int
+) -> list[Event]:
+    """Turn an Identify API form into `$identify` events, validated like the upload APIs."""
+    _check_api_key(api_key, api_keys)
+    if identification is None:
+        raise bad_request(
+            FailureKind.MISSING_IDENTIFICATION,
+            "Request missing required field",
+            missing_field="identification",
+        )
+    try:
+        decoded = _identify_decoder.decode(identification)
+    except msgspec.ValidationError as error:
+        field, message = _field_of(error)
+        raise bad_request(
+            FailureKind.INVALID_EVENTS,
+            f"Invalid identification: {message}",
+            events_with_invalid_fields={field: []},
+        ) from None
+    except msgspec.DecodeError as error:
+        raise bad_request(FailureKind.MALFORMED, f"Invalid identification JSON: {error}") from None
+    except RecursionError:
+        raise bad_request(
+            FailureKind.MALFORMED, "Invalid identification JSON: objects nested too deeply"
+        ) from None
+    records = decoded if isinstance(decoded, list) else [decoded]
+    if not records:
+        raise bad_request(
+            FailureKind.MISSING_IDENTIFICATION,
+            "Request missing required field: identification is empty",
+            missing_field="identification",
+        )
+    if len(records) > max_events:
+        raise payload_too_large(
+            f"Too many identifications in one request: {len(records)} > {max_events}"
+        )
+    mixed = [
+        i
+        for i, record in enumerate(records)
+        if record.user_properties and _mixes_operations(record.user_properties)
+    ]
+    if mixed:
+        raise bad_request(
+            FailureKind.INVALID_EVENTS,
+            "user_properties mixes operations ($set, ...) with plain keys; put plain keys under $set",
+            events_with_invalid_fields={"user_properties": mixed},
+        )
+    events = [identify_event(record) for record in records]
+    check_events(events)
+    return events
+
+
+def _mixes_operations(properties: dict[str, Any]) -> bool:
+    has_ops = any(key.startswith("$") for key in properties)
+    has_plain = any(not key.startswith("$") for key in properties)
+    return has_ops and has_plain
+
+
+def identify_event(record: IdentifyRecord) -> Event:
+    fields = msgspec.structs.asdict(record)
+    fields.pop("paying", None)
+    fields.pop("start_version", None)
+    return Event(event_type=IDENTIFY_EVENT, **{k: v for k, v in fields.items() if v is not None})

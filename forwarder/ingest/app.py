@@ -1,0 +1,208 @@
+"""The aiohttp app: Amplitude's ingest routes, health and readiness; no business rules."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from forwarder.config import ServerConfig
+from forwarder.errors import FailureKind
+from forwarder.ingest import amplitude
+from forwarder.ingest.amplitude import ErrorBody, Event, RejectedRequest
+
+log = logging.getLogger("forwarder.server")
+
+_encoder = msgspec.json.Encoder()
+JSON_TYPES = frozenset({"application/json", "text/json"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+class EventSink(Protocol):
+    """What the ingest routes hand accepted events to (the daemon's pipeline)."""
+
+    def refusal(self, count: int) -> str | None:
+        """None when `count` more events fit; else why not (answered as a 429)."""
+
+    async def accept(self, events: list[Event]) -> None:
+        """Take validated events; returns once they are as durable as the config asks."""
+
+
+class IngestState:
+    """What the routes share: the limits, the accepted keys, readiness and the sink."""
+
+    def __init__(self, server: ServerConfig, sink: EventSink) -> None:
+        self.api_keys = frozenset(server.api_keys)
+        self.max_body_bytes = server.max_body_bytes
+        self.max_events = server.max_events_per_request
+        self.sink = sink
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.events_accepted = 0
+        self.events_throttled = 0
+        self.rejected: Counter[str] = Counter()
+        # Off while the journal is recovered and while draining on SIGTERM.
+        self.ready = False
+        self.accepting = True
+
+
+STATE_KEY = web.AppKey("ingest_state", IngestState)
+
+
+def json_response(body: msgspec.Struct, status: int) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, error: str) -> web.Response:
+    return json_response(ErrorBody(code=status, error=error), status)
+
+
+async def _read_body(request: web.Request, state: IngestState) -> bytes:
+    """The request body (decompressed by aiohttp), refused with 413 past max_body_bytes."""
+    declared = request.content_length
+    if (
+        declared is not None
+        and declared > state.max_body_bytes
+        and not request.headers.get("Content-Encoding")
+    ):
+        raise amplitude.payload_too_large(
+            f"Payload too large: {declared} bytes > {state.max_body_bytes}"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > state.max_body_bytes:
+                raise amplitude.payload_too_large(
+                    f"Payload too large: more than {state.max_body_bytes} bytes"
+                )
+            chunks.append(chunk)
+    except (RejectedRequest, web.HTTPException, ConnectionError):
+        raise
+    except Exception as error:  # a corrupt gzip stream surfaces here
+        raise amplitude.bad_request(
+            FailureKind.MALFORMED, f"Cannot read request body: {error}"
+        ) from None
+    return b"".join(chunks)
+
+
+async def _admit_and_accept(state: IngestState, events: list[Event]) -> web.Response | None:
+    """Hand events to the sink, or a 429 when it has no room (nothing is dropped)."""
+    reason = "Server is shutting down" if not state.accepting else state.sink.refusal(len(events))
+    if reason is not None:
+        state.events_throttled += len(events)
+        state.rejected[FailureKind.THROTTLED.value] += 1
+        return json_response(amplitude.throttled(len(events), reason), 429)
+    await state.sink.accept(events)
+    state.events_accepted += len(events)
+    return None
+
+
+def _rejected(state: IngestState, rejected: RejectedRequest) -> web.Response:
+    state.rejected[rejected.kind.value] += 1
+    return json_response(rejected.body, rejected.status)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """POST /2/httpapi and POST /batch."""
+    state = request.app[STATE_KEY]
+    try:
+        if request.content_type not in JSON_TYPES:
+            raise amplitude.bad_request(
+                FailureKind.CONTENT_TYPE,
+                f"Invalid Content-Type {request.content_type!r}: expected application/json",
+            )
+        body = await _read_body(request, state)
+        events = amplitude.decode_upload(body, state.api_keys, state.max_events)
+    except RejectedRequest as rejected:
+        return _rejected(state, rejected)
+    refused = await _admit_and_accept(state, events)
+    if refused is not None:
+        return refused
+    return json_response(amplitude.success(len(events), len(body)), 200)
+
+
+async def identify(request: web.Request) -> web.Response:
+    """POST /identify: form fields api_key and identification (an object or an array)."""
+    state = request.app[STATE_KEY]
+    try:
+        if request.content_type not in FORM_TYPES:
+            raise amplitude.bad_request(
+                FailureKind.CONTENT_TYPE,
+                f"Invalid Content-Type {request.content_type!r}: "
+                "expected application/x-www-form-urlencoded",
+            )
+        body = await _read_body(request, state)
+        form = _parse_form(request, body)
+        events = amplitude.decode_identify(
+            form.get("api_key"), form.get("identification"), state.api_keys, state.max_events
+        )
+    except RejectedRequest as rejected:
+        return _rejected(state, rejected)
+    refused = await _admit_and_accept(state, events)
+    if refused is not None:
+        return refused
+    return web.Response(text="success", status=200)
+
+
+def _parse_form(request: web.Request, body: bytes) -> dict[str, str]:
+    """Decode a url-encoded form strictly: bad bytes are a 400, not a crash."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise amplitude.bad_request(
+            FailureKind.MALFORMED, "multipart forms are not supported: send url-encoded fields"
+        )
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise amplitude.bad_request(FailureKind.MALFORMED, f"Invalid form body: {error}") from None
+    return dict(pairs)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if state.ready and state.accepting:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "not ready"}, status=503)
+
+
+@web.middleware
+async def amplitude_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is JSON with `code`, since the SDKs read the status from the body."""
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {k: v for k, v in error.headers.items() if k.lower() == "allow"}
+        response = error_response(error.status, error.reason)
+        response.headers.update(headers)
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        response = error_response(500, "Internal server error")
+    route = request.match_info.route.resource
+    label = route.canonical if route is not None else "unmatched"
+    request.app[STATE_KEY].requests[(label, response.status)] += 1
+    return response
+
+
+def build_app(server: ServerConfig, sink: EventSink) -> web.Application:
+    # aiohttp's own cap is a backstop: _read_body enforces the configured one with a 413.
+    app = web.Application(middlewares=[amplitude_errors], client_max_size=server.max_body_bytes + 1)
+    app[STATE_KEY] = IngestState(server, sink)
+    app.router.add_post("/2/httpapi", upload)
+    app.router.add_post("/batch", upload)
+    app.router.add_post("/identify", identify)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,1 @@
+"""Operations: metrics, status, systemd and logs, read from snapshots of the pipeline."""

@@ -1,0 +1,190 @@
+"""GET /metrics: the daemon's counters in Prometheus text format, read at scrape time.
+
+The hot path only bumps plain ints and Counters; this collector turns them into metric
+families when Prometheus scrapes, so no per-event cost comes from the client library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from forwarder.deliver.stats import LATENCY_BUCKETS
+from forwarder.ingest.app import IngestState
+from forwarder.ops.snapshot import Snapshot
+from forwarder.store.log import LogStats
+
+
+class ForwarderCollector:
+    def __init__(self, snapshot: Callable[[], Snapshot], ingest: IngestState) -> None:
+        self.snapshot = snapshot
+        self.ingest = ingest
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.snapshot()
+        yield from self._ingest()
+        yield from self._syncs(snapshot)
+        if snapshot.log is not None:
+            yield from self._journal(snapshot.log)
+
+    def _ingest(self) -> Iterator[Metric]:
+        ingest = self.ingest
+        requests = CounterMetricFamily(
+            "forwarder_http_requests",
+            "HTTP requests answered, by route and status",
+            labels=["route", "status"],
+        )
+        for (route, status), count in sorted(ingest.requests.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+        events = CounterMetricFamily(
+            "forwarder_events",
+            "Events received by the ingest routes, by outcome",
+            labels=["outcome"],
+        )
+        events.add_metric(["accepted"], ingest.events_accepted)
+        events.add_metric(["throttled"], ingest.events_throttled)
+        yield events
+        rejected = CounterMetricFamily(
+            "forwarder_requests_rejected", "Ingest requests refused, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(ingest.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+
+    def _syncs(self, snapshot: Snapshot) -> Iterator[Metric]:
+        sync_label = ["sync"]
+        forwarded = CounterMetricFamily(
+            "forwarder_sync_items_forwarded",
+            "Items Iterable accepted, by endpoint",
+            labels=["sync", "endpoint"],
+        )
+        routed = CounterMetricFamily(
+            "forwarder_sync_items_routed",
+            "Items routed to a sync, by kind",
+            labels=["sync", "kind"],
+        )
+        skipped = CounterMetricFamily(
+            "forwarder_sync_events_skipped",
+            "Events a sync did not send, by reason",
+            labels=["sync", "reason"],
+        )
+        dead = CounterMetricFamily(
+            "forwarder_sync_dead_letters",
+            "Items dead-lettered, by reason",
+            labels=["sync", "reason"],
+        )
+        retries = CounterMetricFamily(
+            "forwarder_sync_retries", "Items retried, by endpoint", labels=["sync", "endpoint"]
+        )
+        responses = CounterMetricFamily(
+            "forwarder_sync_iterable_responses",
+            "Iterable answers, by endpoint and status",
+            labels=["sync", "endpoint", "status"],
+        )
+        requests = CounterMetricFamily(
+            "forwarder_sync_iterable_requests",
+            "Requests sent to Iterable",
+            labels=["sync", "endpoint"],
+        )
+        items_sent = CounterMetricFamily(
+            "forwarder_sync_items_sent",
+            "Items carried by requests to Iterable (retries too)",
+            labels=["sync", "endpoint"],
+        )
+        fill = GaugeMetricFamily(
+            "forwarder_sync_batch_fill_ratio",
+            "Mean items per request over the item cap",
+            labels=["sync", "endpoint"],
+        )
+        latency = HistogramMetricFamily(
+            "forwarder_sync_upstream_latency_seconds",
+            "Iterable request latency",
+            labels=["sync", "endpoint"],
+        )
+        depth = GaugeMetricFamily("forwarder_sync_queue_items", "Items queued", labels=sync_label)
+        depth_bytes = GaugeMetricFamily(
+            "forwarder_sync_queue_bytes", "Bytes queued", labels=sync_label
+        )
+        in_flight = GaugeMetricFamily(
+            "forwarder_sync_requests_in_flight", "Requests to Iterable in flight", labels=sync_label
+        )
+        paused = GaugeMetricFamily(
+            "forwarder_sync_paused", "1 while the sync is paused (bad API key)", labels=sync_label
+        )
+        for sync in snapshot.syncs:
+            name = sync.name
+            stats = sync.delivery
+            routed.add_metric([name, "event"], sync.route.events_routed)
+            routed.add_metric([name, "user"], sync.route.users_routed)
+            for reason, count in sorted(sync.route.skipped.items()):
+                skipped.add_metric([name, reason], count)
+            for kind, count in sorted(stats.dead.items(), key=lambda pair: pair[0].value):
+                dead.add_metric([name, kind.value], count)
+            for (path, status), count in sorted(stats.responses.items()):
+                responses.add_metric([name, path, status], count)
+            for endpoint, caps in sync.caps.items():
+                e = endpoint.value
+                forwarded.add_metric([name, e], stats.delivered[e])
+                retries.add_metric([name, e], stats.retries[e])
+                requests.add_metric([name, e], stats.requests[e])
+                items_sent.add_metric([name, e], stats.items_sent[e])
+                sent = stats.requests[e]
+                fill.add_metric(
+                    [name, e], stats.items_sent[e] / sent / caps.max_items if sent else 0.0
+                )
+                histogram = stats.latency.get(e)
+                if histogram is not None:
+                    cumulative = 0
+                    buckets = []
+                    for bound, count in zip(
+                        (*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True
+                    ):
+                        cumulative += count
+                        buckets.append(
+                            ("+Inf" if bound == float("inf") else str(bound), cumulative)
+                        )
+                    latency.add_metric([name, e], buckets, histogram.total)
+            depth.add_metric([name], sync.queued_items)
+            depth_bytes.add_metric([name], sync.queued_bytes)
+            in_flight.add_metric([name], stats.in_flight)
+            paused.add_metric([name], 1 if sync.paused else 0)
+        yield from (forwarded, routed, skipped, dead, retries, responses, requests, items_sent)
+        yield from (fill, latency, depth, depth_bytes, in_flight, paused)
+
+    def _journal(self, journal: LogStats) -> Iterator[Metric]:
+        size = GaugeMetricFamily("forwarder_journal_bytes", "Journal bytes on disk")
+        size.add_metric([], journal.disk_bytes)
+        yield size
+        lag = GaugeMetricFamily(
+            "forwarder_journal_lag_records",
+            "Journal records accepted but not yet fully delivered (delivery lag)",
+        )
+        lag.add_metric([], journal.last_seq - journal.checkpoint)
+        yield lag
+        commits = CounterMetricFamily("forwarder_journal_commits", "Group-commit fsyncs")
+        commits.add_metric([], journal.commits)
+        yield commits
+
+
+def metrics_handler(snapshot: Callable[[], Snapshot], ingest: IngestState) -> Handler:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ForwarderCollector(snapshot, ingest))
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    return metrics

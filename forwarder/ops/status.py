@@ -1,0 +1,78 @@
+"""GET /status: each sync's state in the spirit of Amplitude's delivery view."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from forwarder.errors import mask
+from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+
+RECENT_WINDOW_SECONDS = 300.0
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def sync_status(sync: SyncSnapshot) -> dict[str, Any]:
+    stats = sync.delivery
+    delivered, dead = stats.recent_counts(RECENT_WINDOW_SECONDS)
+    return {
+        "name": sync.name,
+        "enabled": sync.enabled,
+        "api_key": mask(sync.api_key),
+        "endpoint": sync.endpoint_base,
+        "state": sync.state,
+        "paused_reason": sync.paused,
+        "last_success": _iso(stats.last_success_at),
+        "last_error": (
+            {"time": _iso(stats.last_error_at), "message": stats.last_error}
+            if stats.last_error is not None
+            else None
+        ),
+        "last_5_minutes": {"delivered": delivered, "dead_lettered": dead},
+        "totals": {
+            "events_routed": sync.route.events_routed,
+            "users_routed": sync.route.users_routed,
+            "delivered": dict(stats.delivered),
+            "retries": dict(stats.retries),
+            "skipped": dict(sync.route.skipped),
+        },
+        "queue": {"items": sync.queued_items, "bytes": sync.queued_bytes},
+        "dead_letters": {kind.value: count for kind, count in stats.dead.items()},
+    }
+
+
+def status_body(snapshot: Snapshot) -> dict[str, Any]:
+    log = snapshot.log
+    return {
+        "durability": snapshot.durability,
+        "recovering": snapshot.recovering,
+        "journal": (
+            {
+                "bytes": log.disk_bytes,
+                "last_seq": log.last_seq,
+                "checkpoint": log.checkpoint,
+                "replayed_at_start": snapshot.replayed_records,
+                "recovery_problems": log.recovery_problems,
+            }
+            if log is not None
+            else None
+        ),
+        "syncs": [sync_status(sync) for sync in snapshot.syncs],
+        "disabled_syncs": snapshot.disabled_syncs,
+    }
+
+
+def status_handler(snapshot: Callable[[], Snapshot]) -> Handler:
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(status_body(snapshot()))
+
+    return status

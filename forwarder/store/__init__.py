@@ -1,0 +1,1 @@
+"""Storage roles: the durable log, profiles and their operations, dead-letter files."""
