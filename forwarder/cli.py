@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 from forwarder import __version__
 from forwarder.config import Config, load_config, summarize
@@ -87,6 +87,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Command,
+    summary: str,
+    description: str,
+    reads_config: bool = True,
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `func`, with the --config option when it reads one."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    if reads_config:
+        parser.add_argument("--config", default="config.toml", help="path to config.toml")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forwarder",
@@ -95,36 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"forwarder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser(
-        "run", help="run the daemon", description="Run the daemon until SIGTERM/SIGINT."
+    run = _command(
+        commands, "run", cmd_run, "run the daemon", "Run the daemon until SIGTERM/SIGINT."
     )
-    run.add_argument("--config", default="config.toml", help="path to config.toml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.set_defaults(func=cmd_run)
-
-    check = commands.add_parser(
+    _command(
+        commands,
         "check-config",
-        help="validate a config and print its syncs",
-        description="Validate the config (exit 2 on an error naming its key path) and print a summary.",
+        cmd_check_config,
+        "validate a config and print its syncs",
+        "Validate the config (exit 2 on an error naming its key path) and print a summary.",
     )
-    check.add_argument("--config", default="config.toml", help="path to config.toml")
-    check.set_defaults(func=cmd_check_config)
-
-    dead = commands.add_parser(
+    dead = _command(
+        commands,
         "dead-letters",
-        help="count dead letters by reason, or resend them",
-        description="List dead-letter counts by reason per sync; --replay resends them to Iterable.",
+        cmd_dead_letters,
+        "count dead letters by reason, or resend them",
+        "List dead-letter counts by reason per sync; --replay resends them to Iterable.",
     )
-    dead.add_argument("--config", default="config.toml", help="path to config.toml")
     dead.add_argument("--sync", help="only this sync")
     dead.add_argument("--replay", action="store_true", help="resend the dead letters")
     dead.add_argument("--timeout", type=float, default=600.0, help="seconds a replay may take")
-    dead.set_defaults(func=cmd_dead_letters)
-
-    sim = commands.add_parser(
+    # The simulator reads no config.toml: its knobs are its own flags.
+    sim = _command(
+        commands,
         "simulate-iterable",
-        help="serve a fake Iterable (bulk endpoints) for tests and load runs",
-        description="A local Iterable simulator with rate limits, caps, partial failures and faults.",
+        cmd_simulate,
+        "serve a fake Iterable (bulk endpoints) for tests and load runs",
+        "A local Iterable simulator with rate limits, caps, partial failures and faults.",
+        reads_config=False,
     )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9100)
@@ -139,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-user-first", action="store_true", help="events of unknown users fail"
     )
     sim.add_argument("--seed", type=int, default=0)
-    sim.set_defaults(func=cmd_simulate)
     return parser
 
 

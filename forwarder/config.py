@@ -6,7 +6,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -35,17 +35,28 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base for config sections: a misspelt key is an error, not a silent default."""
 
 
+class _PositiveMark:
+    """The `Positive` marker; check_config finds it in a section's field types."""
+
+
+_POSITIVE = _PositiveMark()
+_Number = TypeVar("_Number", int, float)
+# A setting that must be greater than 0. It is checked after decoding, by check_config,
+# so a bad value is named by its key path in the same words as every other rule there.
+Positive = Annotated[_Number, _POSITIVE]
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
     api_keys: list[str] = []
-    max_body_bytes: int = 20_000_000
+    max_body_bytes: Positive[int] = 20_000_000
     # Amplitude's HTTP V2 API takes at most 2000 events per request (413 past it; the SDKs
     # split and retry).
-    max_events_per_request: int = 2000
+    max_events_per_request: Positive[int] = 2000
     # Seconds a drain waits for in-flight work on SIGTERM before leaving the rest queued.
-    drain_timeout_seconds: float = 20.0
+    drain_timeout_seconds: Positive[float] = 20.0
     # Seconds the HTTP server gives open connections to finish once the drain is over.
-    shutdown_timeout_seconds: float = 5.0
+    shutdown_timeout_seconds: Positive[float] = 5.0
 
     @property
     def host(self) -> str:
@@ -60,17 +71,17 @@ class StorageConfig(_Section):
     path: str = "var"
     durability: Literal["journal", "memory"] = "journal"
     # Profile cache entries kept in memory in front of SQLite.
-    profile_cache_size: int = 100_000
+    profile_cache_size: Positive[int] = 100_000
     # Journal disk cap; past it ingest answers 429.
-    journal_max_bytes: int = 2_000_000_000
+    journal_max_bytes: Positive[int] = 2_000_000_000
     # A journal segment is closed and a new one started past this size; whole segments
     # below the checkpoint are deleted.
-    journal_segment_bytes: int = 64 * 1024 * 1024
+    journal_segment_bytes: Positive[int] = 64 * 1024 * 1024
     # How often the checkpoint is saved: profiles flushed to SQLite, then the journal
     # position they and delivery allow. Replay after a crash starts from it.
-    checkpoint_interval_seconds: float = 0.5
+    checkpoint_interval_seconds: Positive[float] = 0.5
     # How often changed profiles are written to SQLite between checkpoints.
-    profile_flush_seconds: float = 0.2
+    profile_flush_seconds: Positive[float] = 0.2
 
 
 class Filter(_Section):
@@ -107,32 +118,32 @@ class UsersConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    track_bulk_per_second: float = 10
-    bulk_update_per_second: float = 5
-    max_events_per_request: int = 8000
-    max_users_per_request: int = 1000
-    max_request_bytes: int = 4_000_000
+    track_bulk_per_second: Positive[float] = 10
+    bulk_update_per_second: Positive[float] = 5
+    max_events_per_request: Positive[int] = 8000
+    max_users_per_request: Positive[int] = 1000
+    max_request_bytes: Positive[int] = 4_000_000
 
 
 class DeliveryConfig(_Section):
     # A partial batch goes out after this long, so low traffic still flows quickly.
     linger_ms: int = 200
     # Requests in flight at once per endpoint, retries included.
-    max_in_flight: int = 4
+    max_in_flight: Positive[int] = 4
     # Items queued for this sync (all users) before ingest answers 429.
-    max_queued_items: int = 500_000
-    max_queued_bytes: int = 512_000_000
-    request_timeout_seconds: float = 30.0
-    max_attempts: int = 8
-    max_retry_seconds: float = 300.0
-    backoff_initial_seconds: float = 0.5
-    backoff_max_seconds: float = 30.0
+    max_queued_items: Positive[int] = 500_000
+    max_queued_bytes: Positive[int] = 512_000_000
+    request_timeout_seconds: Positive[float] = 30.0
+    max_attempts: Positive[int] = 8
+    max_retry_seconds: Positive[float] = 300.0
+    backoff_initial_seconds: Positive[float] = 0.5
+    backoff_max_seconds: Positive[float] = 30.0
     # After a 401/403 the sync pauses (items stay queued) and probes again this often.
-    auth_retry_seconds: float = 60.0
+    auth_retry_seconds: Positive[float] = 60.0
     # Each failed probe doubles the interval, up to this.
-    auth_retry_max_seconds: float = 3600.0
+    auth_retry_max_seconds: Positive[float] = 3600.0
     # Seconds an idle keep-alive connection to Iterable is kept open.
-    keepalive_seconds: float = 60.0
+    keepalive_seconds: Positive[float] = 60.0
     # Sending stays this fraction under the rate limits, so jitter between our send and
     # Iterable's count (a busy loop on either side) cannot put two requests in one window.
     rate_headroom: float = 0.05
@@ -269,20 +280,10 @@ def check_config(config: Config) -> None:
     for i, key in enumerate(server.api_keys):
         if not key:
             raise ConfigError(f"server.api_keys[{i}]", "is empty")
-    _positive(server.max_body_bytes, "server.max_body_bytes")
-    _positive(server.max_events_per_request, "server.max_events_per_request")
-    _positive(server.drain_timeout_seconds, "server.drain_timeout_seconds")
-    _positive(server.shutdown_timeout_seconds, "server.shutdown_timeout_seconds")
+    _check_positive(server, "server")
     if not config.storage.path:
         raise ConfigError("storage.path", "is empty")
-    _positive(config.storage.profile_cache_size, "storage.profile_cache_size")
-    for key in (
-        "journal_max_bytes",
-        "journal_segment_bytes",
-        "checkpoint_interval_seconds",
-        "profile_flush_seconds",
-    ):
-        _positive(getattr(config.storage, key), f"storage.{key}")
+    _check_positive(config.storage, "storage")
 
     names: set[str] = set()
     for i, sync in enumerate(config.syncs):
@@ -343,42 +344,26 @@ def _property_name(name: str, at: str) -> None:
 
 
 def _check_limits(limits: LimitsConfig, at: str) -> None:
-    for key in (
-        "track_bulk_per_second",
-        "bulk_update_per_second",
-        "max_events_per_request",
-        "max_users_per_request",
-        "max_request_bytes",
-    ):
-        _positive(getattr(limits, key), f"{at}.{key}")
+    _check_positive(limits, at)
     if limits.max_request_bytes < 1024:
         raise ConfigError(f"{at}.max_request_bytes", "must be at least 1024")
 
 
 def _check_delivery(delivery: DeliveryConfig, at: str) -> None:
-    for key in (
-        "max_in_flight",
-        "max_queued_items",
-        "max_queued_bytes",
-        "request_timeout_seconds",
-        "max_attempts",
-        "max_retry_seconds",
-        "backoff_initial_seconds",
-        "backoff_max_seconds",
-        "auth_retry_seconds",
-        "auth_retry_max_seconds",
-        "keepalive_seconds",
-    ):
-        _positive(getattr(delivery, key), f"{at}.{key}")
+    _check_positive(delivery, at)
     if not 0 <= delivery.rate_headroom < 0.5:
         raise ConfigError(f"{at}.rate_headroom", "must be in [0, 0.5)")
     if delivery.linger_ms < 0:
         raise ConfigError(f"{at}.linger_ms", "must be 0 or more")
 
 
-def _positive(value: float, at: str) -> None:
-    if value <= 0:
-        raise ConfigError(at, f"must be greater than 0, got {value}")
+def _check_positive(section: _Section, at: str) -> None:
+    """The section's `Positive` fields, in the order they are declared."""
+    for info in msgspec.structs.fields(section):
+        if _POSITIVE in getattr(info.type, "__metadata__", ()):
+            value = getattr(section, info.name)
+            if value <= 0:
+                raise ConfigError(f"{at}.{info.name}", f"must be greater than 0, got {value}")
 
 
 def summarize(config: Config) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from forwarder.deliver.lanes import Lanes, Queued
 from forwarder.deliver.pause import Pause
@@ -15,6 +16,8 @@ from forwarder.iterable import BatchCaps, Endpoint
 Launch = Callable[[Endpoint, list[Queued], SendStamp], None]
 
 
+# eq=False: a batcher is a running task's state, equal only to itself.
+@dataclass(eq=False)
 class Batcher:
     """Cuts batches for one endpoint of one sync, within its caps, slots and rate budget.
 
@@ -23,29 +26,18 @@ class Batcher:
     is paused only one probe batch goes per interval.
     """
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        lanes: Lanes,
-        caps: BatchCaps,
-        linger: float,
-        pause: Pause,
-        rate: RateBudget,
-        api_key: str,
-        slots: asyncio.Semaphore,
-        launch: Launch,
-    ) -> None:
-        self.endpoint = endpoint
-        self.lanes = lanes
-        self.caps = caps
-        self.linger = linger
-        self.pause = pause
-        self.rate = rate
-        self.api_key = api_key
-        self.slots = slots
-        self.launch = launch
-        self.wake = asyncio.Event()
-        self.flushing = False
+    endpoint: Endpoint
+    lanes: Lanes
+    caps: BatchCaps
+    linger: float
+    pause: Pause
+    rate: RateBudget
+    api_key: str
+    slots: asyncio.Semaphore
+    launch: Launch
+    # Set by whoever has news for this batcher: items queued, a batch settled, a flush.
+    wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    flushing: bool = field(default=False, init=False)
 
     async def run(self) -> None:
         endpoint, lanes, caps = self.endpoint, self.lanes, self.caps

@@ -7,7 +7,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 
 import aiohttp
 
@@ -18,6 +18,7 @@ from forwarder.deliver.pause import Pause
 from forwarder.deliver.rate import RateBudget, SendStamp, send_time_tracing
 from forwarder.deliver.retry import RetryPolicy
 from forwarder.deliver.settle import Settlement
+from forwarder.deliver.stats import DeliveryStats
 from forwarder.errors import Failure, FailureKind
 from forwarder.iterable import Endpoint, assemble_body
 
@@ -30,25 +31,25 @@ class Attempt:
     reason: str
 
 
+@dataclass(eq=False)
 class Sender:
     """Sends batches of one sync: one keep-alive session, the rate budget, the retry policy."""
 
-    def __init__(
-        self,
-        sync: SyncConfig,
-        rate: RateBudget,
-        settlement: Settlement,
-        pause: Pause,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.sync = sync
-        self.rate = rate
-        self.settlement = settlement
-        self.stats = settlement.stats
-        self.pause = pause
-        self.policy = RetryPolicy.from_config(sync.delivery)
+    sync: SyncConfig
+    rate: RateBudget
+    settlement: Settlement
+    pause: Pause
+    # The retry jitter's source; a private one unless a caller wants it seeded.
+    rng: InitVar[random.Random | None] = None
+    stats: DeliveryStats = field(init=False)
+    policy: RetryPolicy = field(init=False)
+    _rng: random.Random = field(init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+
+    def __post_init__(self, rng: random.Random | None) -> None:
+        self.stats = self.settlement.stats
+        self.policy = RetryPolicy.from_config(self.sync.delivery)
         self._rng = rng or random.Random()
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         delivery = self.sync.delivery

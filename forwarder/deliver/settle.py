@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from forwarder.deliver.lanes import Queued
 from forwarder.deliver.stats import DeliveryStats
@@ -18,18 +19,14 @@ log = logging.getLogger("forwarder.sender")
 Acknowledge = Callable[[int, int], None]
 
 
+@dataclass(eq=False)
 class Settlement:
-    def __init__(
-        self,
-        sync: str,
-        stats: DeliveryStats,
-        dead_letters: DeadLetterFile,
-        acknowledge: Acknowledge,
-    ) -> None:
-        self.sync = sync
-        self.stats = stats
-        self.dead_letters = dead_letters
-        self._acknowledge = acknowledge
+    """Settles one sync's items for good: counts them, writes dead letters, acknowledges."""
+
+    sync: str
+    stats: DeliveryStats
+    dead_letters: DeadLetterFile
+    acknowledge: Acknowledge
 
     def delivered(self, endpoint: Endpoint, items: Sequence[Queued]) -> None:
         if not items:
@@ -60,4 +57,4 @@ class Settlement:
         )
         for queued in items:
             if queued.seq is not None:
-                self._acknowledge(queued.seq, 1)
+                self.acknowledge(queued.seq, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sized
 from typing import Any
 
 import msgspec
@@ -43,6 +44,7 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     groups: dict[str, Any] | None = None
     group_properties: dict[str, Any] | None = None
     insert_id: str | None = None
+    # The app and device, which Amplitude also keeps as user properties.
     app_version: str | None = None
     platform: str | None = None
     os_name: str | None = None
@@ -51,11 +53,13 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     device_manufacturer: str | None = None
     device_model: str | None = None
     carrier: str | None = None
+    # Where the user is.
     country: str | None = None
     region: str | None = None
     city: str | None = None
     dma: str | None = None
     language: str | None = None
+    # Revenue.
     price: float | None = None
     quantity: int | None = None
     revenue: float | None = None
@@ -65,12 +69,15 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     location_lat: float | None = None
     location_lng: float | None = None
     ip: str | None = None
+    # Advertising and device identifiers.
     idfa: str | None = None
     idfv: str | None = None
     adid: str | None = None
     android_id: str | None = None
+    # The event's place in its session.
     event_id: int | None = None
     session_id: int | None = None
+    # What sent the event.
     library: str | None = None
     plan: dict[str, Any] | None = None
     ingestion_metadata: dict[str, Any] | None = None
@@ -107,26 +114,13 @@ class _LooseUploadRequest(msgspec.Struct, kw_only=True):
     options: UploadOptions | None = None
 
 
-class IdentifyRecord(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """One element of the Identify API's `identification` form field."""
+class IdentifyRecord(Event, omit_defaults=True, kw_only=True):
+    """One element of the Identify API's `identification` form field.
 
-    user_id: str | None = None
-    device_id: str | None = None
-    user_properties: dict[str, Any] | None = None
-    groups: dict[str, Any] | None = None
-    app_version: str | None = None
-    platform: str | None = None
-    os_name: str | None = None
-    os_version: str | None = None
-    device_brand: str | None = None
-    device_manufacturer: str | None = None
-    device_model: str | None = None
-    carrier: str | None = None
-    country: str | None = None
-    region: str | None = None
-    city: str | None = None
-    dma: str | None = None
-    language: str | None = None
+    Its fields are an event's user and device fields (the rest are ignored: it becomes a
+    `$identify` event), plus two that only identify calls carry.
+    """
+
     paying: str | None = None
     start_version: str | None = None
 
@@ -204,6 +198,26 @@ def _field_of(error: msgspec.DecodeError) -> tuple[str, str]:
     return field, text[: match.start()].replace("`", "")
 
 
+def _malformed(what: str, error: msgspec.DecodeError | RecursionError) -> RejectedRequest:
+    """A body that is not JSON, or nests deeper than the decoder goes."""
+    detail = "objects nested too deeply" if isinstance(error, RecursionError) else str(error)
+    return bad_request(FailureKind.MALFORMED, f"{what}: {detail}")
+
+
+def _missing(kind: FailureKind, field: str, empty: bool = False) -> RejectedRequest:
+    """Amplitude's answer to a required field that is absent, or present but empty."""
+    error = "Request missing required field" + (f": {field} is empty" if empty else "")
+    return bad_request(kind, error, missing_field=field)
+
+
+def _check_count(items: Sized, kind: FailureKind, field: str, noun: str, max_events: int) -> None:
+    """The upload and Identify APIs' shared rule: at least one item, at most max_events."""
+    if not items:
+        raise _missing(kind, field, empty=True)
+    if len(items) > max_events:
+        raise payload_too_large(f"Too many {noun} in one request: {len(items)} > {max_events}")
+
+
 def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> list[Event]:
     """Decode and validate a /2/httpapi or /batch body; raise RejectedRequest like Amplitude."""
     try:
@@ -211,26 +225,13 @@ def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> lis
     except msgspec.ValidationError:
         # Some part has the wrong type: decode again loosely to name each event at fault.
         request = _decode_loose(body)
-    except msgspec.DecodeError as error:
-        raise bad_request(FailureKind.MALFORMED, f"Invalid JSON request body: {error}") from None
-    except RecursionError:
-        raise bad_request(
-            FailureKind.MALFORMED, "Invalid JSON request body: objects nested too deeply"
-        ) from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _malformed("Invalid JSON request body", error) from None
     _check_api_key(request.api_key, api_keys)
     events = request.events
     if events is None:
-        raise bad_request(
-            FailureKind.MISSING_EVENTS, "Request missing required field", missing_field="events"
-        )
-    if not events:
-        raise bad_request(
-            FailureKind.MISSING_EVENTS,
-            "Request missing required field: events is empty",
-            missing_field="events",
-        )
-    if len(events) > max_events:
-        raise payload_too_large(f"Too many events in one request: {len(events)} > {max_events}")
+        raise _missing(FailureKind.MISSING_EVENTS, "events")
+    _check_count(events, FailureKind.MISSING_EVENTS, "events", "events", max_events)
     min_id_length = DEFAULT_MIN_ID_LENGTH
     if request.options is not None and request.options.min_id_length is not None:
         if request.options.min_id_length < 1:
@@ -258,12 +259,8 @@ def _decode_loose(body: bytes) -> UploadRequest:
                 events_with_invalid_fields={"events": []},
             ) from None
         raise bad_request(FailureKind.MALFORMED, f"Invalid request body: {message}") from None
-    except msgspec.DecodeError as error:
-        raise bad_request(FailureKind.MALFORMED, f"Invalid JSON request body: {error}") from None
-    except RecursionError:
-        raise bad_request(
-            FailureKind.MALFORMED, "Invalid JSON request body: objects nested too deeply"
-        ) from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _malformed("Invalid JSON request body", error) from None
     if loose.events is None:
         return UploadRequest(api_key=loose.api_key, options=loose.options)
     invalid: dict[str, list[int]] = {}
@@ -285,9 +282,7 @@ def _decode_loose(body: bytes) -> UploadRequest:
 
 def _check_api_key(api_key: str | None, api_keys: frozenset[str]) -> None:
     if not api_key:
-        raise bad_request(
-            FailureKind.MISSING_API_KEY, "Request missing required field", missing_field="api_key"
-        )
+        raise _missing(FailureKind.MISSING_API_KEY, "api_key")
     if api_key not in api_keys:
         raise bad_request(FailureKind.INVALID_API_KEY, f"Invalid API key: {mask(api_key)}")
 
@@ -334,11 +329,7 @@ def decode_identify(
     """Turn an Identify API form into `$identify` events, validated like the upload APIs."""
     _check_api_key(api_key, api_keys)
     if identification is None:
-        raise bad_request(
-            FailureKind.MISSING_IDENTIFICATION,
-            "Request missing required field",
-            missing_field="identification",
-        )
+        raise _missing(FailureKind.MISSING_IDENTIFICATION, "identification")
     try:
         decoded = _identify_decoder.decode(identification)
     except msgspec.ValidationError as error:
@@ -348,23 +339,12 @@ def decode_identify(
             f"Invalid identification: {message}",
             events_with_invalid_fields={field: []},
         ) from None
-    except msgspec.DecodeError as error:
-        raise bad_request(FailureKind.MALFORMED, f"Invalid identification JSON: {error}") from None
-    except RecursionError:
-        raise bad_request(
-            FailureKind.MALFORMED, "Invalid identification JSON: objects nested too deeply"
-        ) from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _malformed("Invalid identification JSON", error) from None
     records = decoded if isinstance(decoded, list) else [decoded]
-    if not records:
-        raise bad_request(
-            FailureKind.MISSING_IDENTIFICATION,
-            "Request missing required field: identification is empty",
-            missing_field="identification",
-        )
-    if len(records) > max_events:
-        raise payload_too_large(
-            f"Too many identifications in one request: {len(records)} > {max_events}"
-        )
+    _check_count(
+        records, FailureKind.MISSING_IDENTIFICATION, "identification", "identifications", max_events
+    )
     mixed = [
         i
         for i, record in enumerate(records)
@@ -388,7 +368,6 @@ def _mixes_operations(properties: dict[str, Any]) -> bool:
 
 
 def identify_event(record: IdentifyRecord) -> Event:
-    fields = msgspec.structs.asdict(record)
-    fields.pop("paying", None)
-    fields.pop("start_version", None)
-    return Event(event_type=IDENTIFY_EVENT, **{k: v for k, v in fields.items() if v is not None})
+    fields = {name: getattr(record, name) for name in EVENT_FIELDS}
+    fields["event_type"] = IDENTIFY_EVENT
+    return Event(**{k: v for k, v in fields.items() if v is not None})

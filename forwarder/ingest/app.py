@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -108,45 +109,65 @@ def _rejected(state: IngestState, rejected: RejectedRequest) -> web.Response:
     return json_response(rejected.body, rejected.status)
 
 
-async def upload(request: web.Request) -> web.Response:
-    """POST /2/httpapi and POST /batch."""
+# What differs between the ingest routes: how a read body becomes validated events
+# (raising RejectedRequest), and what the client is told once the sink took them.
+Decode = Callable[[web.Request, IngestState, bytes], list[Event]]
+Answer = Callable[[list[Event], bytes], web.Response]
+
+
+async def _ingest(
+    request: web.Request,
+    content_types: frozenset[str],
+    expected: str,
+    decode: Decode,
+    answer: Answer,
+) -> web.Response:
+    """What every ingest route does: check the content type, read, decode, admit, answer."""
     state = request.app[STATE_KEY]
     try:
-        if request.content_type not in JSON_TYPES:
+        if request.content_type not in content_types:
             raise amplitude.bad_request(
                 FailureKind.CONTENT_TYPE,
-                f"Invalid Content-Type {request.content_type!r}: expected application/json",
+                f"Invalid Content-Type {request.content_type!r}: expected {expected}",
             )
         body = await _read_body(request, state)
-        events = amplitude.decode_upload(body, state.api_keys, state.max_events)
+        events = decode(request, state, body)
     except RejectedRequest as rejected:
         return _rejected(state, rejected)
     refused = await _admit_and_accept(state, events)
     if refused is not None:
         return refused
+    return answer(events, body)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """POST /2/httpapi and POST /batch."""
+    return await _ingest(request, JSON_TYPES, "application/json", _decode_upload, _uploaded)
+
+
+def _decode_upload(request: web.Request, state: IngestState, body: bytes) -> list[Event]:
+    return amplitude.decode_upload(body, state.api_keys, state.max_events)
+
+
+def _uploaded(events: list[Event], body: bytes) -> web.Response:
     return json_response(amplitude.success(len(events), len(body)), 200)
 
 
 async def identify(request: web.Request) -> web.Response:
     """POST /identify: form fields api_key and identification (an object or an array)."""
-    state = request.app[STATE_KEY]
-    try:
-        if request.content_type not in FORM_TYPES:
-            raise amplitude.bad_request(
-                FailureKind.CONTENT_TYPE,
-                f"Invalid Content-Type {request.content_type!r}: "
-                "expected application/x-www-form-urlencoded",
-            )
-        body = await _read_body(request, state)
-        form = _parse_form(request, body)
-        events = amplitude.decode_identify(
-            form.get("api_key"), form.get("identification"), state.api_keys, state.max_events
-        )
-    except RejectedRequest as rejected:
-        return _rejected(state, rejected)
-    refused = await _admit_and_accept(state, events)
-    if refused is not None:
-        return refused
+    return await _ingest(
+        request, FORM_TYPES, "application/x-www-form-urlencoded", _decode_identify, _identified
+    )
+
+
+def _decode_identify(request: web.Request, state: IngestState, body: bytes) -> list[Event]:
+    form = _parse_form(request, body)
+    return amplitude.decode_identify(
+        form.get("api_key"), form.get("identification"), state.api_keys, state.max_events
+    )
+
+
+def _identified(events: list[Event], body: bytes) -> web.Response:
     return web.Response(text="success", status=200)
 
 

@@ -151,26 +151,18 @@ def compile_filter(rule: Filter) -> Predicate:
         return lambda e, p: get(e, p) is not MISSING
     if op == "is not set":
         return lambda e, p: get(e, p) is MISSING
-    if op in ("is", "is not"):
-        want = op == "is"
+    if op in ("is", "is not", "contains", "does not contain"):
+        # A value list matches when any option does; the negated ops still fail on MISSING.
+        match = values_equal if op in ("is", "is not") else _contains
+        want = op in ("is", "contains")
 
-        def equality(e: Event, p: Mapping[str, Any]) -> bool:
+        def matches(e: Event, p: Mapping[str, Any]) -> bool:
             actual = get(e, p)
             if actual is MISSING:
                 return False
-            return any(values_equal(actual, option) for option in options) is want
+            return any(match(actual, option) for option in options) is want
 
-        return equality
-    if op in ("contains", "does not contain"):
-        want = op == "contains"
-
-        def containment(e: Event, p: Mapping[str, Any]) -> bool:
-            actual = get(e, p)
-            if actual is MISSING:
-                return False
-            return any(_contains(actual, option) for option in options) is want
-
-        return containment
+        return matches
     bound = as_number(expected)
     greater = op == "greater than"
 

@@ -6,7 +6,8 @@ families when Prometheus scrapes, so no per-event cost comes from the client lib
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -23,6 +24,40 @@ from forwarder.deliver.stats import LATENCY_BUCKETS
 from forwarder.ingest.app import IngestState
 from forwarder.ops.snapshot import Snapshot
 from forwarder.store.log import LogStats
+
+_SYNC = ("sync",)
+_ENDPOINT = ("sync", "endpoint")
+_REASON = ("sync", "reason")
+_STATUS = ("sync", "endpoint", "status")
+
+# The per-sync families as (name, help, label names); `_syncs` unpacks each table in
+# this order, so a row and the variable it lands in must move together.
+_SYNC_COUNTERS = (
+    ("forwarder_sync_items_forwarded", "Items Iterable accepted, by endpoint", _ENDPOINT),
+    ("forwarder_sync_items_routed", "Items routed to a sync, by kind", ("sync", "kind")),
+    ("forwarder_sync_events_skipped", "Events a sync did not send, by reason", _REASON),
+    ("forwarder_sync_dead_letters", "Items dead-lettered, by reason", _REASON),
+    ("forwarder_sync_retries", "Items retried, by endpoint", _ENDPOINT),
+    ("forwarder_sync_iterable_responses", "Iterable answers, by endpoint and status", _STATUS),
+    ("forwarder_sync_iterable_requests", "Requests sent to Iterable", _ENDPOINT),
+    ("forwarder_sync_items_sent", "Items carried by requests to Iterable (retries too)", _ENDPOINT),
+)
+_SYNC_GAUGES = (
+    ("forwarder_sync_batch_fill_ratio", "Mean items per request over the item cap", _ENDPOINT),
+    ("forwarder_sync_queue_items", "Items queued", _SYNC),
+    ("forwarder_sync_queue_bytes", "Bytes queued", _SYNC),
+    ("forwarder_sync_requests_in_flight", "Requests to Iterable in flight", _SYNC),
+    ("forwarder_sync_paused", "1 while the sync is paused (bad API key)", _SYNC),
+)
+
+_Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
+
+
+def _families(
+    kind: type[_Family], table: Iterable[tuple[str, str, Sequence[str]]]
+) -> Iterator[_Family]:
+    """Empty families of one kind, one per (name, help, label names) row."""
+    return (kind(name, help_text, labels=labels) for name, help_text, labels in table)
 
 
 class ForwarderCollector:
@@ -63,64 +98,12 @@ class ForwarderCollector:
         yield rejected
 
     def _syncs(self, snapshot: Snapshot) -> Iterator[Metric]:
-        sync_label = ["sync"]
-        forwarded = CounterMetricFamily(
-            "forwarder_sync_items_forwarded",
-            "Items Iterable accepted, by endpoint",
-            labels=["sync", "endpoint"],
+        forwarded, routed, skipped, dead, retries, responses, requests, items_sent = _families(
+            CounterMetricFamily, _SYNC_COUNTERS
         )
-        routed = CounterMetricFamily(
-            "forwarder_sync_items_routed",
-            "Items routed to a sync, by kind",
-            labels=["sync", "kind"],
-        )
-        skipped = CounterMetricFamily(
-            "forwarder_sync_events_skipped",
-            "Events a sync did not send, by reason",
-            labels=["sync", "reason"],
-        )
-        dead = CounterMetricFamily(
-            "forwarder_sync_dead_letters",
-            "Items dead-lettered, by reason",
-            labels=["sync", "reason"],
-        )
-        retries = CounterMetricFamily(
-            "forwarder_sync_retries", "Items retried, by endpoint", labels=["sync", "endpoint"]
-        )
-        responses = CounterMetricFamily(
-            "forwarder_sync_iterable_responses",
-            "Iterable answers, by endpoint and status",
-            labels=["sync", "endpoint", "status"],
-        )
-        requests = CounterMetricFamily(
-            "forwarder_sync_iterable_requests",
-            "Requests sent to Iterable",
-            labels=["sync", "endpoint"],
-        )
-        items_sent = CounterMetricFamily(
-            "forwarder_sync_items_sent",
-            "Items carried by requests to Iterable (retries too)",
-            labels=["sync", "endpoint"],
-        )
-        fill = GaugeMetricFamily(
-            "forwarder_sync_batch_fill_ratio",
-            "Mean items per request over the item cap",
-            labels=["sync", "endpoint"],
-        )
+        fill, depth, depth_bytes, in_flight, paused = _families(GaugeMetricFamily, _SYNC_GAUGES)
         latency = HistogramMetricFamily(
-            "forwarder_sync_upstream_latency_seconds",
-            "Iterable request latency",
-            labels=["sync", "endpoint"],
-        )
-        depth = GaugeMetricFamily("forwarder_sync_queue_items", "Items queued", labels=sync_label)
-        depth_bytes = GaugeMetricFamily(
-            "forwarder_sync_queue_bytes", "Bytes queued", labels=sync_label
-        )
-        in_flight = GaugeMetricFamily(
-            "forwarder_sync_requests_in_flight", "Requests to Iterable in flight", labels=sync_label
-        )
-        paused = GaugeMetricFamily(
-            "forwarder_sync_paused", "1 while the sync is paused (bad API key)", labels=sync_label
+            "forwarder_sync_upstream_latency_seconds", "Iterable request latency", labels=_ENDPOINT
         )
         for sync in snapshot.syncs:
             name = sync.name

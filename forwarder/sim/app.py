@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+import forwarder.sim.rules as rules
 from forwarder.iterable import Endpoint
-from forwarder.sim import rules
 from forwarder.sim.bulk import process
 from forwarder.sim.config import SimulatorConfig, change_faults
 from forwarder.sim.rules import Reply

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+import forwarder.sim.rules as rules
 from forwarder.iterable import Endpoint
-from forwarder.sim import rules
 from forwarder.sim.config import SimulatorConfig
 from forwarder.sim.rules import Reply
 from forwarder.sim.shapes import DECODERS, SimEvent, SimTrackBulk, SimUser

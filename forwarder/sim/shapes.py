@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from forwarder.iterable import Endpoint
+from forwarder.iterable import Endpoint, UserUpdate
 
 
 class SimEvent(msgspec.Struct, kw_only=True):
@@ -25,14 +25,10 @@ class SimEvent(msgspec.Struct, kw_only=True):
     createNewFields: bool | None = None
 
 
-class SimUser(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """An element of bulkUpdate's `users` (OptionalApiUser)."""
-
-    email: str | None = None
-    userId: str | None = None
-    dataFields: dict[str, Any] | None = None
-    preferUserId: bool | None = None
-    mergeNestedObjects: bool | None = None
+# An element of bulkUpdate's `users` (OptionalApiUser). Iterable takes exactly the fields
+# and types the daemon sends there, and neither side refuses unknown fields, so the
+# simulator decodes users with the daemon's own Struct.
+SimUser = UserUpdate
 
 
 class SimTrackBulk(msgspec.Struct):
