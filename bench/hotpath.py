@@ -52,13 +52,14 @@ def ours(bodies: list[bytes]) -> int:
     decode and validation, the daemon's own intake (profiles, routing, encoding), and
     the bulk bodies those items travel in."""
     # The memory store needs no load(), so the intake runs without an event loop.
-    intake = Intake([SYNC], MemoryProfileStore())
+    intake = Intake([SYNC], MemoryProfileStore(capacity=1_000_000), max_profile_bytes=1 << 20)
     tracks: list[bytes] = []
     users: list[bytes] = []
     sent = 0
     now = int(time.time())
     for body in bodies:
         intaken = intake.process(decode_upload(body, API_KEYS, 2000), now)
+        intake.commit(intaken)  # memory mode: durable at once
         for _, endpoint, _, encoded in intaken.routed:
             (tracks if endpoint is Endpoint.TRACK_BULK else users).append(encoded)
         # Cut per request, as a batcher would between requests.

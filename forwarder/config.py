@@ -46,6 +46,10 @@ _Number = TypeVar("_Number", int, float)
 Positive = Annotated[_Number, _POSITIVE]
 
 
+# Amplitude takes 2,000 events a request; far more would make one request's memory huge.
+MAX_EVENTS_PER_REQUEST_CEILING = 100_000
+
+
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
     api_keys: list[str] = []
@@ -57,6 +61,14 @@ class ServerConfig(_Section):
     drain_timeout_seconds: Positive[float] = 20.0
     # Seconds the HTTP server gives open connections to finish once the drain is over.
     shutdown_timeout_seconds: Positive[float] = 5.0
+    # Seconds a client has to send a request's headers, from connecting (or from the first
+    # byte of its next request): a trickling client otherwise holds a socket for an hour.
+    header_timeout_seconds: Positive[float] = 10.0
+    # Seconds a kept-alive connection may sit idle between requests (nginx's default: 75).
+    idle_timeout_seconds: Positive[float] = 75.0
+    # Open client connections at most. Past it a new one replaces the oldest waiting for a
+    # request; 503 when all are busy. The open-file limit is raised to fit it at start.
+    max_connections: Positive[int] = 4096
 
     @property
     def host(self) -> str:
@@ -70,8 +82,12 @@ class ServerConfig(_Section):
 class StorageConfig(_Section):
     path: str = "var"
     durability: Literal["journal", "memory"] = "journal"
-    # Profile cache entries kept in memory in front of SQLite.
+    # Profiles kept in memory: in front of SQLite (journal), or all of them (memory mode,
+    # where the least recently used past it is forgotten).
     profile_cache_size: Positive[int] = 100_000
+    # Largest profile (its msgpack bytes) a change may make; past it the change is refused
+    # and counted, as Amplitude caps user properties (1,000 of them, 1,024 chars each).
+    max_profile_bytes: Positive[int] = 1_048_576
     # Journal disk cap; past it ingest answers 429.
     journal_max_bytes: Positive[int] = 2_000_000_000
     # A journal segment is closed and a new one started past this size; whole segments
@@ -134,11 +150,33 @@ class DeliveryConfig(_Section):
     max_queued_items: Positive[int] = 500_000
     max_queued_bytes: Positive[int] = 512_000_000
     request_timeout_seconds: Positive[float] = 30.0
-    max_attempts: Positive[int] = 8
-    max_retry_seconds: Positive[float] = 300.0
+    # Attempts per item before it becomes a dead letter; 0 (the default): no bound. An
+    # outage (no answer, 408/429/5xx, a 2xx that is not Iterable's answer) says nothing
+    # about the items, so a count of attempts must not end it: max_retry_seconds and the
+    # journal's room do (ingest answers 429 when the journal or the queue is full).
+    max_attempts: int = 0
+    # Seconds an item is retried before it becomes a dead letter; 0: forever. Six hours
+    # carry a long Iterable incident through a night with no one on call (Amplitude's own
+    # streaming retries for 4 h); past it the dead letters keep the items for a replay and
+    # free the journal, which a week-long outage would otherwise fill.
+    max_retry_seconds: float = 21600.0
+    # Tries of an item Iterable answered about one by one but not for good (notFound on
+    # trackBulk: its user is not visible yet; failures counted but not named): a property
+    # of the item, not an outage, so bounded even when max_attempts is 0.
+    item_retry_attempts: Positive[int] = 8
     backoff_initial_seconds: Positive[float] = 0.5
     backoff_max_seconds: Positive[float] = 30.0
-    # After a 401/403 the sync pauses (items stay queued) and probes again this often.
+    # An outage pauses the sync (items stay queued, one probe batch per interval): after
+    # this many failed requests in a row, spanning at least outage_pause_after_seconds.
+    # Both, because one network blip fails every request in flight at the same instant.
+    outage_pause_after_failures: Positive[int] = 5
+    outage_pause_after_seconds: float = 10.0
+    # While paused for an outage a probe goes after this long, the interval doubling per
+    # failed probe up to the max: an answered probe resumes within that much of recovery.
+    outage_probe_seconds: Positive[float] = 1.0
+    outage_probe_max_seconds: Positive[float] = 30.0
+    # After a 401/403 (or 404/405, a redirect: a wrong base_url) the sync pauses (items
+    # stay queued) and probes again this often.
     auth_retry_seconds: Positive[float] = 60.0
     # Each failed probe doubles the interval, up to this.
     auth_retry_max_seconds: Positive[float] = 3600.0
@@ -281,6 +319,12 @@ def check_config(config: Config) -> None:
         if not key:
             raise ConfigError(f"server.api_keys[{i}]", "is empty")
     _check_positive(server, "server")
+    if server.max_events_per_request > MAX_EVENTS_PER_REQUEST_CEILING:
+        # The event count is checked by a decoder with one slot per allowed event.
+        raise ConfigError(
+            "server.max_events_per_request",
+            f"at most {MAX_EVENTS_PER_REQUEST_CEILING}, got {server.max_events_per_request}",
+        )
     if not config.storage.path:
         raise ConfigError("storage.path", "is empty")
     _check_positive(config.storage, "storage")
@@ -351,6 +395,11 @@ def _check_limits(limits: LimitsConfig, at: str) -> None:
 
 def _check_delivery(delivery: DeliveryConfig, at: str) -> None:
     _check_positive(delivery, at)
+    for key in ("max_attempts", "max_retry_seconds", "outage_pause_after_seconds"):
+        if getattr(delivery, key) < 0:
+            raise ConfigError(f"{at}.{key}", "must be 0 or more")
+    if delivery.outage_probe_max_seconds < delivery.outage_probe_seconds:
+        raise ConfigError(f"{at}.outage_probe_max_seconds", "must be at least outage_probe_seconds")
     if not 0 <= delivery.rate_headroom < 0.5:
         raise ConfigError(f"{at}.rate_headroom", "must be in [0, 0.5)")
     if delivery.linger_ms < 0:

@@ -12,19 +12,26 @@ from aiohttp import web
 from forwarder.config import Config
 from forwarder.deliver.rate import RateGates
 from forwarder.deliver.sync import SyncDelivery
+from forwarder.errors import StorageLocked
 from forwarder.ingest.app import STATE_KEY, build_app
+from forwarder.ingest.connections import GuardedAppRunner, raise_file_limit
 from forwarder.ingest.intake import Intake
 from forwarder.ops import systemd
 from forwarder.ops.metrics import metrics_handler
 from forwarder.ops.status import status_handler
 from forwarder.pipeline import Pipeline
 from forwarder.store.dead_letters import DeadLetterFile, dead_letter_path
+from forwarder.store.health import StorageHealth
 from forwarder.store.journal import Journal
+from forwarder.store.lock import StorageLock
 from forwarder.store.log import DurableLog, NoLog
 from forwarder.store.profiles import MemoryProfileStore, ProfileStore
 from forwarder.store.sqlite_profiles import SqliteProfileStore
 
 log = logging.getLogger("forwarder.daemon")
+
+# Exit status when another process holds storage.path (as for a config error: don't restart).
+EXIT_LOCKED = 2
 
 
 async def open_pipeline(config: Config) -> Pipeline:
@@ -39,10 +46,15 @@ async def open_pipeline(config: Config) -> Pipeline:
             path, storage.profile_cache_size, storage.profile_flush_seconds
         ).open()
         durable_log = Journal(
-            path / "journal", storage.journal_max_bytes, storage.journal_segment_bytes
+            path / "journal",
+            storage.journal_max_bytes,
+            storage.journal_segment_bytes,
+            damaged_directory=path / "damaged",
         )
+        health = StorageHealth(path / "journal")
     else:
-        profiles, durable_log = MemoryProfileStore(), NoLog()
+        health = StorageHealth(None)
+        profiles, durable_log = MemoryProfileStore(storage.profile_cache_size), NoLog()
     enabled = [sync for sync in config.syncs if sync.enabled]
     rate = RateGates(enabled)
     deliveries = [
@@ -54,12 +66,13 @@ async def open_pipeline(config: Config) -> Pipeline:
         )
         for sync in enabled
     ]
-    return Pipeline(config, Intake(enabled, profiles), durable_log, deliveries)
+    intake = Intake(enabled, profiles, storage.max_profile_bytes)
+    return Pipeline(config, intake, durable_log, deliveries, health)
 
 
 def build_daemon_app(config: Config, pipeline: Pipeline) -> web.Application:
     """The ingest app plus the operations routes that read the pipeline's snapshot."""
-    app = build_app(config.server, pipeline)
+    app = build_app(config.server, pipeline, lambda: pipeline.storage.fault)
     app.router.add_get("/metrics", metrics_handler(pipeline.snapshot, app[STATE_KEY]))
     app.router.add_get("/status", status_handler(pipeline.snapshot))
     return app
@@ -69,8 +82,10 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     """Run until `stop` is set, then drain; the process exit status."""
     pipeline = await open_pipeline(config)
     app = build_daemon_app(config, pipeline)
-    runner = web.AppRunner(
+    raise_file_limit(config.server.max_connections)
+    runner = GuardedAppRunner(
         app,
+        config.server,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=config.server.shutdown_timeout_seconds,
@@ -119,6 +134,14 @@ def run(config: Config) -> int:
     """`forwarder run`: one uvloop process until SIGTERM or SIGINT."""
     import uvloop
 
+    # Before anything under storage.path is opened: a second daemon there would interleave
+    # its journal records with ours, and recovery would throw most of both away.
+    try:
+        lock = StorageLock.acquire(Path(config.storage.path))
+    except StorageLocked as error:
+        log.critical("%s", error)
+        return EXIT_LOCKED
+
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -126,4 +149,7 @@ def run(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         return await serve(config, stop)
 
-    return uvloop.run(main())
+    try:
+        return uvloop.run(main())
+    finally:
+        lock.release()

@@ -25,6 +25,8 @@ class FailureKind(enum.Enum):
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
     THROTTLED = "throttled"
+    # The journal or profile store cannot write (disk full, read-only, I/O error): 503.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
 
     # Dead-letter reasons: the label of forwarder_sync_dead_letters_total.
     ITEM_TOO_LARGE = "item_too_large"
@@ -63,6 +65,21 @@ class ConfigError(ForwarderError):
 
 class LogClosed(ForwarderError):
     """An append to a durable log that is closing or closed."""
+
+
+class StorageUnavailable(ForwarderError):
+    """A request could not be made durable (or builds on one that could not): the
+    client is answered 503 and retries; nothing of the request is kept."""
+
+
+class StorageLocked(ForwarderError):
+    """Another process holds the lock on storage.path: a second daemon must not run there."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"PID {pid}" if pid is not None else "another process (PID not yet written)"
+        super().__init__(f"storage.path {path} is locked by {holder}: another forwarder runs there")
+        self.path = path
+        self.pid = pid
 
 
 # --- what an error may show -----------------------------------------------------------

@@ -17,9 +17,11 @@ import msgspec
 
 from forwarder.config import Config
 from forwarder.deliver.sync import SyncDelivery
+from forwarder.errors import StorageUnavailable
 from forwarder.ingest.amplitude import Event
-from forwarder.ingest.intake import Intake, Intaken, Routed
+from forwarder.ingest.intake import Intake, Intaken, Routed, patches_of
 from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+from forwarder.store.health import StorageHealth
 from forwarder.store.log import DurableLog
 from forwarder.store.records import Record, RecordItem, decode_item, decode_record, encode_record
 
@@ -35,8 +37,11 @@ class Pipeline:
         intake: Intake,
         durable_log: DurableLog,
         deliveries: Sequence[SyncDelivery],
+        storage: StorageHealth | None = None,
     ) -> None:
         self.config = config
+        # Off after a storage error (ingest answers 503) until a probe write works.
+        self.storage = storage or StorageHealth(None)
         self.intake = intake
         self.log = durable_log
         self.deliveries = list(deliveries)
@@ -62,31 +67,50 @@ class Pipeline:
         return None
 
     async def accept(self, events: list[Event]) -> None:
-        """Route events and return once their record is as durable as the config asks."""
+        """Route events and return once their record is as durable as the config asks.
+
+        Raises StorageUnavailable when it is not, and then nothing of the request is kept.
+        """
         async with self._lock:
-            await self.intake.load(events)
+            if self.storage.refusing:
+                raise StorageUnavailable(str(self.storage.fault))
+            try:
+                await self.intake.load(events)
+            except StorageUnavailable as error:
+                self.storage.failed(error, "profiles")
+                raise
             intaken = self.intake.process(events, int(time.time()))
+            if self.intake.builds_on_failure(intaken):
+                raise StorageUnavailable("an earlier request could not be stored: retry")
             if not intaken.routed and not intaken.touched:
                 return  # nothing to deliver and no profile changed: nothing to keep
             payload = self._record(intaken) if self.log.durable else b""
             # Appended under the lock so log order is processing order.
             durable = self.log.append(payload, len(intaken.routed))
-            # Queued for delivery when durable, in log order, even if this request's
-            # handler is cancelled meanwhile (hence the callback and the shield).
-            durable.add_done_callback(functools.partial(self._enqueue_durable, intaken.routed))
-        await asyncio.shield(durable)
+            self.intake.stage(intaken, durable)
+            # Committed when durable, in log order, even if this request's handler is
+            # cancelled meanwhile (hence the callback and the shield).
+            durable.add_done_callback(functools.partial(self._record_settled, intaken))
+        try:
+            await asyncio.shield(durable)
+        except StorageUnavailable as error:
+            self.storage.failed(error, "journal")
+            raise
 
     def _record(self, intaken: Intaken) -> bytes:
         names = [delivery.name for delivery in self.deliveries]
         items = [
             RecordItem(names[i], endpoint.value, data) for i, endpoint, _, data in intaken.routed
         ]
-        return encode_record(Record(items, list(intaken.touched.items())))
+        return encode_record(Record(items, patches=patches_of(intaken)))
 
-    def _enqueue_durable(self, routed: list[Routed], durable: asyncio.Future[int]) -> None:
+    def _record_settled(self, intaken: Intaken, durable: asyncio.Future[int]) -> None:
         if durable.cancelled() or durable.exception() is not None:
-            return  # the client was refused: nothing of it is owed
-        self._enqueue(routed, durable.result() if self.log.durable else None)
+            # The client was refused: nothing of it is owed, and no profile keeps it.
+            self.intake.forget_failed()
+            return
+        self.intake.commit(intaken, durable)
+        self._enqueue(intaken.routed, durable.result() if self.log.durable else None)
 
     def _enqueue(self, routed: list[Routed], seq: int | None) -> None:
         deliveries = self.deliveries
@@ -105,7 +129,7 @@ class Pipeline:
                 log.error("journal record %d unreadable, skipped: %s", seq, error)
                 self.log.expect(seq, 0)
                 continue
-            await self.intake.restore(record.profiles)
+            await self.intake.restore(record)
             routed: list[Routed] = []
             for entry in record.items:
                 index = self._index.get(entry.sync)
@@ -139,11 +163,24 @@ class Pipeline:
             except Exception:
                 log.exception("checkpoint failed")
 
-    async def checkpoint(self) -> None:
-        """Make profiles durable, then save the log checkpoint they allow."""
+    async def checkpoint(self) -> bool:
+        """Make profiles durable, then save the log checkpoint they allow.
+
+        False when the disk refused: storage is marked unavailable and the previous
+        checkpoint holds, so a restart replays more, never less.
+        """
         seq = self.log.last_seq
-        await self.intake.profiles.flush()
-        await self.log.save_checkpoint(seq)
+        try:
+            await self.intake.profiles.flush()
+        except StorageUnavailable as error:
+            self.storage.failed(error, "profile flush")
+            return False
+        try:
+            await self.log.save_checkpoint(seq)
+        except StorageUnavailable as error:
+            self.storage.failed(error, "checkpoint")
+            return False
+        return True
 
     async def drain(self, timeout: float) -> bool:
         """Send what is queued, for up to `timeout` seconds; True when all of it settled."""
@@ -158,9 +195,23 @@ class Pipeline:
         left = 0
         for delivery in self.deliveries:
             left += len(await delivery.stop())
-        await self.checkpoint()
+        saved = await self.checkpoint()
         await self.log.close()
-        await self.intake.profiles.close()
+        try:
+            await self.intake.profiles.close()
+        except Exception as error:  # as in checkpoint(): the engine's own errors
+            self.storage.failed(error, "profile flush")
+            saved = False
+        await self.storage.close()
+        if not saved and self.log.durable:
+            stats = self.log.stats()
+            log.warning(
+                "storage unavailable at stop (%s): the journal keeps every record past "
+                "checkpoint %d (up to seq %d), replayed at the next start",
+                self.storage.fault,
+                stats.saved_checkpoint,
+                stats.last_seq,
+            )
         return left
 
     # --- for operations ------------------------------------------------------------
@@ -187,4 +238,6 @@ class Pipeline:
                 for delivery, route in zip(self.deliveries, self.intake.stats, strict=True)
             ],
             disabled_syncs=[s.name for s in self.config.syncs if not s.enabled],
+            profile_changes_refused=self.intake.totals.profile_changes_refused,
+            storage_fault=self.storage.fault,
         )

@@ -149,12 +149,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     Iterable documents no Retry-After; we honour one when a proxy or Iterable sends it.
     Capping it is the retry policy's job.
     """
-    value = headers.get("Retry-After")
-    if value is None:
-        for key, text in headers.items():
-            if key.lower() == "retry-after":
-                value = text
-                break
+    value = header_value(headers, "Retry-After")
     if value is None or not value.strip():
         return None
     value = value.strip()
@@ -171,6 +166,17 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value by its name in any case (tests pass plain dicts); None if absent."""
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        for key, text in headers.items():
+            if key.lower() == lowered:
+                return text
+    return value
 
 
 def describe(status: int, body: bytes, error: ErrorResponse | None = None) -> str:

@@ -14,6 +14,7 @@ from forwarder.deliver.answers import (
     decode_json,
     describe,
     failure_lists,
+    header_value,
     identity_kind,
     parse_retry_after,
     read_bulk_response,
@@ -30,6 +31,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     Unless `split` or `auth_failure` is set, every index appears in exactly one of
     delivered, dead, retry and resend. With `split` the sender bisects the whole batch;
     with `auth_failure` no item has a fate: the sync pauses and keeps them queued.
+    `transient` marks a request that failed as a whole for now (no answer, 408/429/5xx,
+    a 2xx that is not Iterable's answer): every item is in retry, and a run of these is
+    an outage, which no attempt count ends.
     """
 
     delivered: list[int] = []
@@ -39,6 +43,10 @@ class Outcome(msgspec.Struct, kw_only=True):
     split: bool = False
     retry_after: float | None = None
     auth_failure: str | None = None
+    transient: bool = False
+    # Values in a 200's failure lists that name no item of the request: reported, never
+    # held against the items that were sent.
+    foreign: int = 0
     # One line on the whole answer, for logs and for the dead letters of retries that
     # run out (the sender's "HTTP 200" says nothing about why an item is retried).
     summary: str = ""
@@ -57,8 +65,9 @@ Fate = Literal["dead", "retry", "ignore"]
 #   Iterable's side, not a passing state.
 # - notFound* on trackBulk: the user is not visible yet. Bulk endpoints are processed
 #   asynchronously, so events sent right after the user's bulkUpdate can race it; a few
-#   retries with backoff (bounded by the sender's max_attempts / max_retry_seconds) cover
-#   that. If the user was never created the item ends as a dead letter with that reason.
+#   retries with backoff (bounded by item_retry_attempts, as any retry the answer decides
+#   item by item) cover that. If the user was never created the item ends as a dead
+#   letter with that reason.
 # - notFound* on bulkUpdate: the spec says these lists are "for subscribe/unsubscribe
 #   only"; a bulkUpdate creates users, so a miss there means the identity cannot be
 #   resolved (a userId alone in an email-based project without preferUserId): permanent.
@@ -144,9 +153,22 @@ def read_outcome(
         why = (
             "no answer (timeout or connection error)" if status is None else describe(status, body)
         )
-        return Outcome(retry=everything, retry_after=parse_retry_after(headers, now), summary=why)
+        return Outcome(
+            retry=everything,
+            retry_after=parse_retry_after(headers, now),
+            transient=True,
+            summary=why,
+        )
     if 200 <= status < 300:
-        return _read_success(endpoint, body, items)
+        return _read_success(endpoint, status, headers, body, items)
+    if 300 <= status < 400:
+        # Iterable's API never redirects; a redirect comes from a wrong base_url (http for
+        # https, a website, a proxy's login page). Following it would turn the POST into a
+        # GET whose 200 says nothing about the items, so the sync pauses, keeping them.
+        location = header_value(headers, "Location")
+        why = f"{status} redirect" + (f" to {scrub(location)}" if location else "")
+        why += " (check base_url: Iterable's API does not redirect)"
+        return Outcome(auth_failure=why, summary=why)
     if status in (401, 403):
         # A bad, disabled or under-privileged key: configuration, not data.
         why = describe(status, body)
@@ -165,7 +187,7 @@ def read_outcome(
         if count == 1:
             return Outcome(dead=[(0, Failure(FailureKind.ITEM_TOO_LARGE, why))], summary=why)
         return Outcome(split=True, summary=why)
-    # Any other answer (404, 405, 422, a 3xx...) is about the request, not a passing state:
+    # Any other answer (410, 422, ...) is about the request, not a passing state:
     # dead letters keep the items for a replay once the cause is fixed.
     why = describe(status, body)
     refused = Failure(FailureKind.REFUSED, why)
@@ -289,27 +311,36 @@ def _texts(value: Any, depth: int = 0) -> Iterator[str]:
 # --- 200: per-item failures -----------------------------------------------------------
 
 
-def _read_success(endpoint: Endpoint, body: bytes, items: Sequence[Item]) -> Outcome:
+def _read_success(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], body: bytes, items: Sequence[Item]
+) -> Outcome:
     count = len(items)
     raw = decode_json(body)
     if not isinstance(raw, dict):
-        # Empty, not JSON, or not an object: Iterable took the request (the status says
-        # so) and nothing in the body contradicts it. Resending could not be verified
-        # either, so the items count as delivered; the summary lets the sender log it.
+        # Iterable answers both bulk endpoints with a JSON object; a 2xx without one (an
+        # HTML page, a cut-off body, nothing) came from something else on the way, a
+        # proxy, a captive portal, a load balancer, and proves nothing about the items.
+        # They are retried like a 5xx (resends are idempotent), never counted delivered.
+        kind = header_value(headers, "Content-Type") or "no content type"
         excerpt = status_text(body)
-        summary = "2xx without a JSON object body, taken as delivered"
-        return Outcome(
-            delivered=list(range(count)),
-            summary=summary + (f" (body: {excerpt})" if excerpt else ""),
-        )
+        summary = f"{status} without Iterable's JSON answer ({scrub(kind)}"
+        summary += f"; body: {excerpt})" if excerpt else "; empty body)"
+        return Outcome(retry=list(range(count)), transient=True, summary=summary)
     response = read_bulk_response(raw)
     lists = failure_lists(response, raw)
-    fates = _match(endpoint, lists, items)
+    fates, foreign = _match(endpoint, lists, items)
     failed = sum(1 for fate, _ in fates.values() if fate != "ignore")
     ignored = len(fates) - failed
+    # Values that name no item of the request (another request's users, a normalisation
+    # we cannot reproduce) inflate Iterable's counts but say nothing about these items:
+    # they are reported (summary, log, last_error) and taken off the shortfall, so they
+    # never send the whole batch round again (200 updates stored 8 times, then dead).
+    foreign_failures = sum(
+        n for name, n in foreign.items() if classify_list(name, endpoint) != "ignore"
+    )
 
     # Counts are Iterable's own tally; when they report more failures than the lists
-    # name (a list we cannot match, a value normalised differently), we cannot tell which
+    # name, foreign values aside (a list we cannot match), we cannot tell which
     # unnamed items failed, so those are retried (resends are idempotent: an event id
     # updates, a user update rewrites the same fields) rather than counted as delivered.
     shortfalls = []
@@ -317,19 +348,22 @@ def _read_success(endpoint: Endpoint, body: bytes, items: Sequence[Item]) -> Out
         shortfalls.append(response.failCount - failed)
     if response.successCount is not None:
         shortfalls.append(count - response.successCount - failed - ignored)
-    unexplained = max(shortfalls, default=0)
+    unexplained = max(shortfalls, default=0) - foreign_failures
     no_counts = response.successCount is None and response.failCount is None
     error_code = response.code not in (None, "", "Success")
     if no_counts and not lists and error_code:
         # A 2xx that calls itself an error and reports nothing: do not trust it as taken.
-        unexplained = count
+        summary = _success_summary(response, fates, foreign, count, error_code)
+        return Outcome(retry=list(range(count)), transient=True, summary=summary)
 
-    summary = _success_summary(response, lists, fates, unexplained, error_code)
+    summary = _success_summary(response, fates, foreign, unexplained, error_code)
+    foreign_count = sum(foreign.values())
     if not fates and unexplained <= 0:
-        return Outcome(delivered=list(range(count)), summary=summary)  # the usual answer
+        # The usual answer.
+        return Outcome(delivered=list(range(count)), foreign=foreign_count, summary=summary)
     # A list naming an item wins over counts that say everything succeeded: a dead letter
     # can be replayed, an item wrongly counted as delivered is lost.
-    outcome = Outcome(summary=summary)
+    outcome = Outcome(foreign=foreign_count, summary=summary)
     unnamed = outcome.retry if unexplained > 0 else outcome.delivered
     for index in range(count):
         fate = fates.get(index)
@@ -346,15 +380,17 @@ def _read_success(endpoint: Endpoint, body: bytes, items: Sequence[Item]) -> Out
 
 def _match(
     endpoint: Endpoint, lists: Mapping[str, list[str]], items: Sequence[Item]
-) -> dict[int, tuple[Fate, str]]:
-    """Index -> (fate, list name) for every item a failure list names.
+) -> tuple[dict[int, tuple[Fate, str]], dict[str, int]]:
+    """Index -> (fate, list name) for every item a failure list names, and by list name
+    how many of its values name no item of the request.
 
     Emails match case-insensitively and trimmed (Iterable lowercases them), userIds and
     event names exactly (a trimmed userId is tried when the exact one is not found). A
     permanent failure wins over a retryable one, and both over a no-op.
     """
+    foreign: dict[str, int] = {}
     if not lists:
-        return {}
+        return {}, foreign
     by_email: dict[str, list[int]] = {}
     by_user_id: dict[str, list[int]] = {}
     by_event_name: dict[str, list[int]] = {}
@@ -387,17 +423,19 @@ def _match(
                 hits = by_event_name.get(value, [])
             else:
                 hits = []
+            if not hits:
+                foreign[name] = foreign.get(name, 0) + 1
             for index in hits:
                 current = fates.get(index)
                 if current is None or rank[fate] > rank[current[0]]:
                     fates[index] = (fate, name)
-    return fates
+    return fates, foreign
 
 
 def _success_summary(
     response: BulkResponse,
-    lists: Mapping[str, list[str]],
     fates: Mapping[int, tuple[Fate, str]],
+    foreign: Mapping[str, int],
     unexplained: int,
     error_code: bool,
 ) -> str:
@@ -408,9 +446,11 @@ def _success_summary(
     for _, name in fates.values():
         by_list[name] = by_list.get(name, 0) + 1
     parts.extend(f"{n} in {name}" for name, n in sorted(by_list.items()))
-    unmatched = sorted(name for name in lists if name not in by_list)
-    if unmatched:
-        parts.append("unmatched values in " + ", ".join(unmatched))
+    if foreign:
+        named = ", ".join(f"{name} {n}" for name, n in sorted(foreign.items()))
+        parts.append(
+            f"{sum(foreign.values())} listed value(s) not in the request ({named}): ignored"
+        )
     if unexplained > 0:
         parts.append(f"{unexplained} failure(s) not named by any list: unnamed items retried")
     if error_code:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
@@ -13,6 +14,7 @@ import aiohttp
 
 from forwarder.config import SyncConfig
 from forwarder.deliver.lanes import Queued
+from forwarder.deliver.notices import Notices
 from forwarder.deliver.outcome import Outcome, read_outcome
 from forwarder.deliver.pause import Pause
 from forwarder.deliver.rate import RateBudget, SendStamp, send_time_tracing
@@ -21,6 +23,12 @@ from forwarder.deliver.settle import Settlement
 from forwarder.deliver.stats import DeliveryStats
 from forwarder.errors import Failure, FailureKind
 from forwarder.iterable import Endpoint, assemble_body
+
+log = logging.getLogger("forwarder.sender")
+
+# A failed request or a strange answer is logged at most once per this many seconds per
+# endpoint and cause (the count of those held back goes with the next line).
+NOTICE_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -45,11 +53,13 @@ class Sender:
     policy: RetryPolicy = field(init=False)
     _rng: random.Random = field(init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    _notices: Notices = field(init=False)
 
     def __post_init__(self, rng: random.Random | None) -> None:
         self.stats = self.settlement.stats
         self.policy = RetryPolicy.from_config(self.sync.delivery)
         self._rng = rng or random.Random()
+        self._notices = Notices(NOTICE_SECONDS)
 
     async def start(self) -> None:
         delivery = self.sync.delivery
@@ -73,14 +83,22 @@ class Sender:
     ) -> list[Queued]:
         """Send until every item is delivered, dead or handed back; the handed-back items.
 
-        Items come back when the sync pauses (a refused key or URL): they must go out
-        again, before anything later of their users. `slot` (held by the caller) is let
-        go while a retry waits, so other users' batches can use it.
+        Items come back when the sync pauses (a refused key or URL, or an outage): they
+        must go out again, before anything later of their users, in their order. Only the
+        batch a paused sync lets through as its probe is sent; the retries of others come
+        back instead. `slot` (held by the caller) is let go while a retry waits, so other
+        users' batches can use it.
         """
         back: list[Queued] = []
         work: deque[list[Queued]] = deque([batch])
+        # Item-level failures (the answer's per-item "retry") of the items in this call.
+        item_failures: dict[int, int] = {}
         first = True
         while work:
+            if not first and self.pause.reason is not None:
+                for rest in work:
+                    back.extend(rest)
+                break
             items = work.popleft()
             if not first:
                 stamp = await self.rate.acquire(self.sync.api_key, endpoint)
@@ -88,26 +106,34 @@ class Sender:
             attempt = await self.post(endpoint, items, stamp)
             outcome = attempt.outcome
             if outcome.auth_failure is not None:
-                self.pause.pause(outcome.auth_failure)
+                self.pause.refused(outcome.auth_failure)
                 back.extend(items)
-                for rest in work:
-                    back.extend(rest)
-                break
-            self.pause.resume()
+                continue  # the rest of the work comes back at the top of the loop
+            if outcome.transient:
+                self.pause.failed(attempt.reason)
+            else:
+                self.pause.answered()
             self._apply(endpoint, items, outcome, work)
             retry = self._count_failed_attempt(
-                endpoint, [items[i] for i in outcome.retry], attempt.reason
+                endpoint, [items[i] for i in outcome.retry], outcome, attempt.reason, item_failures
             )
-            if retry:
-                delay = self.policy.next_delay(
-                    max(q.attempts for q in retry), outcome.retry_after, self._rng
-                )
-                slot.release()
-                try:
-                    await asyncio.sleep(delay)
-                finally:
-                    await slot.acquire()
-                work.append(retry)
+            if not retry:
+                continue
+            if self.pause.reason is not None:
+                back.extend(retry)  # the probes take over from here
+                continue
+            delay = self.policy.next_delay(
+                max(q.attempts for q in retry), outcome.retry_after, self._rng
+            )
+            slot.release()
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                await slot.acquire()
+            work.append(retry)
+        if len(back) > 1:
+            order = {id(queued): n for n, queued in enumerate(batch)}
+            back.sort(key=lambda queued: order[id(queued)])
         return back
 
     def _apply(
@@ -123,7 +149,12 @@ class Sender:
             work.append(items[half:])
 
     def _count_failed_attempt(
-        self, endpoint: Endpoint, retry: list[Queued], reason: str
+        self,
+        endpoint: Endpoint,
+        retry: list[Queued],
+        outcome: Outcome,
+        reason: str,
+        item_failures: dict[int, int],
     ) -> list[Queued]:
         """Count the failed attempt; dead-letter what is out of tries; what goes again."""
         if not retry:
@@ -135,8 +166,12 @@ class Sender:
             queued.attempts += 1
             if queued.first_attempt_at is None:
                 queued.first_attempt_at = now
-            if self.policy.gives_up(queued.attempts, now - queued.first_attempt_at):
-                detail = f"after {queued.attempts} attempts: {reason}"
+            failures = 0
+            if not outcome.transient:
+                failures = item_failures[id(queued)] = item_failures.get(id(queued), 0) + 1
+            elapsed = now - queued.first_attempt_at
+            if self.policy.gives_up(queued.attempts, elapsed, failures):
+                detail = f"after {queued.attempts} attempts in {elapsed:.0f} s: {reason}"
                 exhausted.append((queued, Failure(FailureKind.RETRIES_EXHAUSTED, detail)))
             else:
                 keep.append(queued)
@@ -160,7 +195,11 @@ class Sender:
         stats.requests[endpoint.value] += 1
         stats.items_sent[endpoint.value] += len(items)
         try:
-            async with self._session.post(url, data=body, trace_request_ctx=stamp) as response:
+            # Never follow a redirect: aiohttp would resend the POST as a GET, and that
+            # GET's 200 would count the items delivered. A 3xx pauses the sync instead.
+            async with self._session.post(
+                url, data=body, trace_request_ctx=stamp, allow_redirects=False
+            ) as response:
                 answer = await response.read()
                 status = response.status
                 headers = response.headers
@@ -173,7 +212,26 @@ class Sender:
         outcome = read_outcome(endpoint, status, headers, answer, [q.item for q in items])
         if status is not None:
             reason = outcome.summary or reason
-        if status != 200 or outcome.dead or outcome.retry:
+        if status != 200 or outcome.dead or outcome.retry or outcome.foreign:
             stats.last_error_at = time.time()
             stats.last_error = f"{endpoint.value}: {reason}"
+        self._log(endpoint, len(items), outcome, reason)
         return Attempt(outcome, reason)
+
+    def _log(self, endpoint: Endpoint, count: int, outcome: Outcome, reason: str) -> None:
+        """One line for a failed request or a strange answer, rate-limited per cause."""
+        if outcome.transient:
+            cause, text = "failed", "request to Iterable failed, %d items kept for a retry: %s"
+        elif outcome.foreign:
+            cause = "foreign"
+            text = "Iterable's failure lists name values not in the request (%d items): %s"
+        else:
+            return
+        held = self._notices.due((endpoint, cause), time.monotonic())
+        if held is not None:
+            log.warning(
+                text + (f" ({held} more like it held back)" if held else ""),
+                count,
+                reason,
+                extra={"sync": self.sync.name, "endpoint": endpoint.value},
+            )

@@ -39,6 +39,8 @@ class DeliveryStats:
     items_sent: Counter[str] = field(default_factory=Counter)
     latency: dict[str, LatencyHistogram] = field(default_factory=dict)
     in_flight: int = 0
+    # Dead letters the disk refused so far: their items wait, unacknowledged.
+    dead_letters_unwritten: int = 0
     last_success_at: float | None = None
     last_error_at: float | None = None
     last_error: str | None = None

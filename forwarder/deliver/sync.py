@@ -39,7 +39,7 @@ class SyncDelivery:
         self.name = sync.name
         self.lanes = Lanes()
         self.stats = DeliveryStats()
-        self.pause = Pause(sync)
+        self.pause = Pause(sync, waiting=lambda: self.lanes.items)
         self.settlement = Settlement(sync.name, self.stats, dead_letters, acknowledge)
         self.sender = Sender(sync, rate, self.settlement, self.pause, rng)
         self.caps: dict[Endpoint, BatchCaps] = {e: caps_of(sync.limits, e) for e in ENDPOINTS}
@@ -117,9 +117,13 @@ class SyncDelivery:
                 batcher.flushing = False
 
     async def wait_idle(self) -> None:
-        while self.lanes.items or self._tasks:
+        while self.lanes.items or self._tasks or self.settlement.unwritten:
             self._idle.clear()
-            await self._idle.wait()
+            try:
+                # Dead letters waiting for the disk give no signal when written: look again.
+                await asyncio.wait_for(self._idle.wait(), 0.25)
+            except TimeoutError:
+                pass
 
     async def stop(self) -> list[Queued]:
         """Stop sending; what was still queued or in flight (the journal keeps it)."""
@@ -128,7 +132,9 @@ class SyncDelivery:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.sender.close()
-        return self.lanes.drain_all()
+        self.settlement.close()
+        unwritten = [queued for queued, _ in self.settlement.unwritten]
+        return self.lanes.drain_all() + unwritten
 
     # --- one batch -----------------------------------------------------------------
 

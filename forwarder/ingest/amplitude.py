@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import time
 from collections.abc import Sized
@@ -10,6 +11,7 @@ from typing import Any
 import msgspec
 
 from forwarder.errors import FailureKind, ForwarderError, mask
+from forwarder.ingest.counting import events_overflow
 
 IDENTIFY_EVENT = "$identify"
 GROUP_IDENTIFY_EVENT = "$groupidentify"
@@ -106,6 +108,13 @@ class UploadRequest(msgspec.Struct, kw_only=True):
     options: UploadOptions | None = None
 
 
+class _RequestHead(msgspec.Struct, kw_only=True):
+    """The body's key and options alone: decoding it skips `events` without building them."""
+
+    api_key: str | None = None
+    options: UploadOptions | None = None
+
+
 class _LooseUploadRequest(msgspec.Struct, kw_only=True):
     """The same body with events left raw, to find which event is at fault."""
 
@@ -181,6 +190,7 @@ def success(count: int, payload_size: int) -> SuccessBody:
 # --- decoding and validation ------------------------------------------------------------
 
 _upload_decoder = msgspec.json.Decoder(UploadRequest)
+_head_decoder = msgspec.json.Decoder(_RequestHead)
 _loose_decoder = msgspec.json.Decoder(_LooseUploadRequest)
 _event_decoder = msgspec.json.Decoder(Event)
 _identify_decoder = msgspec.json.Decoder(IdentifyRecord | list[IdentifyRecord])
@@ -219,11 +229,23 @@ def _check_count(items: Sized, kind: FailureKind, field: str, noun: str, max_eve
 
 
 def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> list[Event]:
-    """Decode and validate a /2/httpapi or /batch body; raise RejectedRequest like Amplitude."""
+    """Decode and validate a /2/httpapi or /batch body; raise RejectedRequest like Amplitude.
+
+    The key and the event count are checked before any event is built, so a refused body
+    costs a scan of its bytes, not an object per event (`{},` is 3 bytes, an Event ~400).
+    """
+    check_utf8(body, "Invalid JSON request body")
+    if body.count(b"{") > max_events:
+        # It may hold more events than allowed (each is an object: one `{` at least), or
+        # be for another key: find out before building any event.
+        _check_head(body, api_keys, max_events)
+    # Otherwise it holds at most max_events objects, so building them is bounded.
     try:
         request = _upload_decoder.decode(body)
     except msgspec.ValidationError:
-        # Some part has the wrong type: decode again loosely to name each event at fault.
+        # Some part has the wrong type: decode again loosely to name each event at fault
+        # (its events may be anything, a million numbers too: check the head first).
+        _check_head(body, api_keys, max_events)
         request = _decode_loose(body)
     except (msgspec.DecodeError, RecursionError) as error:
         raise _malformed("Invalid JSON request body", error) from None
@@ -243,6 +265,52 @@ def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> lis
         min_id_length = request.options.min_id_length
     check_events(events, min_id_length)
     return events
+
+
+# Bodies are checked for UTF-8 a slice at a time, so the check holds no copy of the body.
+_UTF8_SLICE = 1 << 20
+
+
+def check_utf8(body: bytes, what: str) -> None:
+    """Refuse bytes that are not UTF-8 anywhere, even in fields the decoders skip."""
+    if body.isascii():
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(body)
+    start = 0
+    try:
+        for start in range(0, len(body), _UTF8_SLICE):
+            decoder.decode(view[start : start + _UTF8_SLICE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        offset = start + error.start
+        raise bad_request(
+            FailureKind.MALFORMED, f"{what}: invalid UTF-8 at byte {offset}"
+        ) from None
+
+
+def _check_head(body: bytes, api_keys: frozenset[str], max_events: int) -> None:
+    """The key and the event count, checked without building one event."""
+    head = _decode_head(body)
+    _check_api_key(head.api_key, api_keys)
+    if events_overflow(body, max_events):
+        raise _too_many("events", max_events)
+
+
+def _decode_head(body: bytes) -> _RequestHead:
+    try:
+        return _head_decoder.decode(body)
+    except msgspec.ValidationError as error:
+        field, message = _field_of(error)
+        if field in ("api_key", "options"):
+            raise bad_request(FailureKind.MALFORMED, f"Invalid field {field}: {message}") from None
+        raise bad_request(FailureKind.MALFORMED, f"Invalid request body: {message}") from None
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise _malformed("Invalid JSON request body", error) from None
+
+
+def _too_many(noun: str, max_events: int) -> RejectedRequest:
+    return payload_too_large(f"Too many {noun} in one request: more than {max_events}")
 
 
 def _decode_loose(body: bytes) -> UploadRequest:
@@ -330,6 +398,8 @@ def decode_identify(
     _check_api_key(api_key, api_keys)
     if identification is None:
         raise _missing(FailureKind.MISSING_IDENTIFICATION, "identification")
+    if events_overflow(identification, max_events, identify=True):
+        raise _too_many("identifications", max_events)
     try:
         decoded = _identify_decoder.decode(identification)
     except msgspec.ValidationError as error:

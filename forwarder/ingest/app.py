@@ -6,16 +6,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import parse_qsl
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from forwarder.config import ServerConfig
-from forwarder.errors import FailureKind
+from forwarder.errors import FailureKind, StorageUnavailable
 from forwarder.ingest import amplitude
 from forwarder.ingest.amplitude import ErrorBody, Event, RejectedRequest
+from forwarder.ingest.forms import parse_form
 
 log = logging.getLogger("forwarder.server")
 
@@ -31,13 +31,25 @@ class EventSink(Protocol):
         """None when `count` more events fit; else why not (answered as a 429)."""
 
     async def accept(self, events: list[Event]) -> None:
-        """Take validated events; returns once they are as durable as the config asks."""
+        """Take validated events; returns once they are as durable as the config asks.
+
+        Raises StorageUnavailable when storage can't take them (answered as a 503).
+        """
+
+
+def _writable() -> str | None:
+    return None
 
 
 class IngestState:
     """What the routes share: the limits, the accepted keys, readiness and the sink."""
 
-    def __init__(self, server: ServerConfig, sink: EventSink) -> None:
+    def __init__(
+        self,
+        server: ServerConfig,
+        sink: EventSink,
+        storage_fault: Callable[[], str | None] = _writable,
+    ) -> None:
         self.api_keys = frozenset(server.api_keys)
         self.max_body_bytes = server.max_body_bytes
         self.max_events = server.max_events_per_request
@@ -49,6 +61,8 @@ class IngestState:
         # Off while the journal is recovered and while draining on SIGTERM.
         self.ready = False
         self.accepting = True
+        # Why storage takes no writes now (readiness off meanwhile), or None.
+        self.storage_fault = storage_fault
 
 
 STATE_KEY = web.AppKey("ingest_state", IngestState)
@@ -99,7 +113,12 @@ async def _admit_and_accept(state: IngestState, events: list[Event]) -> web.Resp
         state.events_throttled += len(events)
         state.rejected[FailureKind.THROTTLED.value] += 1
         return json_response(amplitude.throttled(len(events), reason), 429)
-    await state.sink.accept(events)
+    try:
+        await state.sink.accept(events)
+    except StorageUnavailable as error:
+        # Retryable, and nothing of the request was kept: never a 500 for a full disk.
+        state.rejected[FailureKind.STORAGE_UNAVAILABLE.value] += 1
+        return error_response(503, f"Storage unavailable, retry later: {error}")
     state.events_accepted += len(events)
     return None
 
@@ -177,12 +196,7 @@ def _parse_form(request: web.Request, body: bytes) -> dict[str, str]:
         raise amplitude.bad_request(
             FailureKind.MALFORMED, "multipart forms are not supported: send url-encoded fields"
         )
-    try:
-        text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
-    except (UnicodeDecodeError, ValueError) as error:
-        raise amplitude.bad_request(FailureKind.MALFORMED, f"Invalid form body: {error}") from None
-    return dict(pairs)
+    return parse_form(body)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -191,7 +205,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    if state.ready and state.accepting:
+    if state.ready and state.accepting and state.storage_fault() is None:
         return web.json_response({"status": "ready"})
     return web.json_response({"status": "not ready"}, status=503)
 
@@ -217,10 +231,12 @@ async def amplitude_errors(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
-def build_app(server: ServerConfig, sink: EventSink) -> web.Application:
+def build_app(
+    server: ServerConfig, sink: EventSink, storage_fault: Callable[[], str | None] = _writable
+) -> web.Application:
     # aiohttp's own cap is a backstop: _read_body enforces the configured one with a 413.
     app = web.Application(middlewares=[amplitude_errors], client_max_size=server.max_body_bytes + 1)
-    app[STATE_KEY] = IngestState(server, sink)
+    app[STATE_KEY] = IngestState(server, sink, storage_fault)
     app.router.add_post("/2/httpapi", upload)
     app.router.add_post("/batch", upload)
     app.router.add_post("/identify", identify)

@@ -225,9 +225,13 @@ def compile_sync(sync: SyncConfig) -> CompiledSync:
     return CompiledSync(sync)
 
 
-def event_id(event: Event) -> str:
-    """A stable id for an event without insert_id: the same event always hashes the same."""
-    return hashlib.blake2b(_event_encoder.encode(event), digest_size=16).hexdigest()
+def event_id(event: Event, salt: bytes) -> str:
+    """An id for an event without insert_id: its content hashed with a salt unique to its
+    place in one request, so two identical events stay two events in Iterable. The
+    journal keeps the encoded item, so a resend of a stored record keeps the id."""
+    digest = hashlib.blake2b(salt, digest_size=16)
+    digest.update(_event_encoder.encode(event))
+    return digest.hexdigest()
 
 
 Identity = Callable[[Event, Mapping[str, Any]], "tuple[str | None, str | None] | None"]
@@ -283,7 +287,7 @@ def _mapped_fields(
 
 
 def route_event(
-    event: Event, profile: Mapping[str, Any], sync: CompiledSync, now_seconds: int
+    event: Event, profile: Mapping[str, Any], sync: CompiledSync, now_seconds: int, salt: bytes
 ) -> EventRoute:
     if sync.events_off is not None:
         return EventRoute(None, sync.events_off)
@@ -315,7 +319,7 @@ def route_event(
             fields[name] = value
     item = TrackEvent(
         eventName=event_type or "",
-        id=event.insert_id or event_id(event),
+        id=event.insert_id or event_id(event, salt),
         createdAt=event.time // 1000 if event.time is not None else now_seconds,
         email=identity[0],
         userId=identity[1],

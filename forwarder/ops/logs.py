@@ -30,9 +30,28 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+class RequestDataFilter(logging.Filter):
+    """Keeps a request's bytes out of aiohttp's records: only the exception's type stays.
+
+    aiohttp logs a malformed request with the parser's error, which quotes the raw bytes
+    (a body, and the Amplitude API key in it); any exception it logs may quote a request.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiohttp") and record.exc_info:
+            error = record.exc_info[1]
+            if error is not None:
+                record.error = type(error).__name__
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    # On the handler, not a logger: a logger's filters miss records its children propagate.
+    handler.addFilter(RequestDataFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

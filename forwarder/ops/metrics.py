@@ -47,7 +47,12 @@ _SYNC_GAUGES = (
     ("forwarder_sync_queue_items", "Items queued", _SYNC),
     ("forwarder_sync_queue_bytes", "Bytes queued", _SYNC),
     ("forwarder_sync_requests_in_flight", "Requests to Iterable in flight", _SYNC),
-    ("forwarder_sync_paused", "1 while the sync is paused (bad API key)", _SYNC),
+    ("forwarder_sync_paused", "1 while the sync is paused (refused key or URL, outage)", _SYNC),
+    (
+        "forwarder_sync_dead_letters_unwritten",
+        "Dead letters the disk refused so far; their items stay in the journal",
+        _SYNC,
+    ),
 )
 
 _Family = TypeVar("_Family", CounterMetricFamily, GaugeMetricFamily)
@@ -68,9 +73,21 @@ class ForwarderCollector:
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshot()
         yield from self._ingest()
+        yield _single(
+            CounterMetricFamily,
+            "forwarder_profile_changes_refused",
+            "Profile changes refused: the profile would pass storage.max_profile_bytes",
+            snapshot.profile_changes_refused,
+        )
         yield from self._syncs(snapshot)
         if snapshot.log is not None:
             yield from self._journal(snapshot.log)
+            yield _single(
+                GaugeMetricFamily,
+                "forwarder_storage_unavailable",
+                "1 while storage takes no writes (ingest answers 503, /readyz is off)",
+                0 if snapshot.storage_fault is None else 1,
+            )
 
     def _ingest(self) -> Iterator[Metric]:
         ingest = self.ingest
@@ -101,7 +118,9 @@ class ForwarderCollector:
         forwarded, routed, skipped, dead, retries, responses, requests, items_sent = _families(
             CounterMetricFamily, _SYNC_COUNTERS
         )
-        fill, depth, depth_bytes, in_flight, paused = _families(GaugeMetricFamily, _SYNC_GAUGES)
+        fill, depth, depth_bytes, in_flight, paused, unwritten = _families(
+            GaugeMetricFamily, _SYNC_GAUGES
+        )
         latency = HistogramMetricFamily(
             "forwarder_sync_upstream_latency_seconds", "Iterable request latency", labels=_ENDPOINT
         )
@@ -142,22 +161,45 @@ class ForwarderCollector:
             depth_bytes.add_metric([name], sync.queued_bytes)
             in_flight.add_metric([name], stats.in_flight)
             paused.add_metric([name], 1 if sync.paused else 0)
+            unwritten.add_metric([name], stats.dead_letters_unwritten)
         yield from (forwarded, routed, skipped, dead, retries, responses, requests, items_sent)
-        yield from (fill, latency, depth, depth_bytes, in_flight, paused)
+        yield from (fill, latency, depth, depth_bytes, in_flight, paused, unwritten)
 
     def _journal(self, journal: LogStats) -> Iterator[Metric]:
-        size = GaugeMetricFamily("forwarder_journal_bytes", "Journal bytes on disk")
-        size.add_metric([], journal.disk_bytes)
-        yield size
-        lag = GaugeMetricFamily(
+        yield _single(
+            GaugeMetricFamily,
+            "forwarder_journal_bytes",
+            "Journal bytes on disk",
+            journal.disk_bytes,
+        )
+        yield _single(
+            GaugeMetricFamily,
             "forwarder_journal_lag_records",
             "Journal records accepted but not yet fully delivered (delivery lag)",
+            journal.last_seq - journal.checkpoint,
         )
-        lag.add_metric([], journal.last_seq - journal.checkpoint)
-        yield lag
-        commits = CounterMetricFamily("forwarder_journal_commits", "Group-commit fsyncs")
-        commits.add_metric([], journal.commits)
-        yield commits
+        yield _single(
+            CounterMetricFamily, "forwarder_journal_commits", "Group-commit fsyncs", journal.commits
+        )
+        yield _single(
+            CounterMetricFamily,
+            "forwarder_journal_write_failures",
+            "Group writes that failed (disk full, I/O error), were cut back and answered 503",
+            journal.write_failures,
+        )
+        yield _single(
+            GaugeMetricFamily,
+            "forwarder_journal_recovery_skipped_bytes",
+            "Damaged journal bytes the last recovery skipped (copied to storage.path/damaged)",
+            journal.recovery_skipped_bytes,
+        )
+
+
+def _single(kind: type[_Family], name: str, help_text: str, value: float) -> _Family:
+    """A family of one unlabelled sample."""
+    family = kind(name, help_text)
+    family.add_metric([], value)
+    return family
 
 
 def metrics_handler(snapshot: Callable[[], Snapshot], ingest: IngestState) -> Handler:

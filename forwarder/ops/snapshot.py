@@ -40,3 +40,6 @@ class Snapshot:
     log: LogStats | None  # None when nothing is written (durability = "memory")
     syncs: list[SyncSnapshot]
     disabled_syncs: list[str]
+    profile_changes_refused: int
+    # Why storage takes no writes now (ingest answers 503), or None.
+    storage_fault: str | None = None

@@ -47,6 +47,7 @@ def sync_status(sync: SyncSnapshot) -> dict[str, Any]:
         },
         "queue": {"items": sync.queued_items, "bytes": sync.queued_bytes},
         "dead_letters": {kind.value: count for kind, count in stats.dead.items()},
+        "dead_letters_unwritten": stats.dead_letters_unwritten,
     }
 
 
@@ -62,12 +63,18 @@ def status_body(snapshot: Snapshot) -> dict[str, Any]:
                 "checkpoint": log.checkpoint,
                 "replayed_at_start": snapshot.replayed_records,
                 "recovery_problems": log.recovery_problems,
+                "recovery_skipped_bytes": log.recovery_skipped_bytes,
+                "saved_checkpoint": log.saved_checkpoint,
+                "write_failures": log.write_failures,
             }
             if log is not None
             else None
         ),
+        # Why ingest answers 503 and /readyz is off, or None while storage takes writes.
+        "storage_fault": snapshot.storage_fault,
         "syncs": [sync_status(sync) for sync in snapshot.syncs],
         "disabled_syncs": snapshot.disabled_syncs,
+        "profile_changes_refused": snapshot.profile_changes_refused,
     }
 
 

@@ -54,15 +54,29 @@ class DeadLetterFile:
         self.fsync = fsync
 
     def write(self, letters: list[DeadLetter]) -> None:
+        """Append the letters, durably when `fsync`; all of them or, on an error, none.
+
+        A write that fails part way (a full disk) is cut back, so the file never holds a
+        torn line and a later retry writes each letter once.
+        """
         if not letters:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(_encoder.encode(letter) + b"\n" for letter in letters)
-        with open(self.path, "ab") as file:
-            file.write(data)
-            file.flush()
-            if self.fsync:
-                os.fsync(file.fileno())
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
 
 def make_letter(

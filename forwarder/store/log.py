@@ -20,6 +20,9 @@ class LogStats:
     checkpoint: int = 0
     commits: int = 0
     recovery_problems: list[str] = field(default_factory=list)
+    recovery_skipped_bytes: int = 0  # damaged bytes recovery skipped (copied aside)
+    write_failures: int = 0  # group writes that failed and were cut back (503s)
+    saved_checkpoint: int = 0  # the checkpoint on disk: a restart replays past it
 
 
 class DurableLog(Protocol):
@@ -48,13 +51,15 @@ class DurableLog(Protocol):
 
     def append(self, payload: bytes, items: int) -> asyncio.Future[int]:
         """Queue a record settled after `items` acknowledgements; the future gives its
-        seq once the record is durable, and futures complete in seq order."""
+        seq once the record is durable, and futures complete in seq order. It raises
+        StorageUnavailable when the record could not be made durable."""
 
     def acknowledge(self, seq: int, items: int = 1) -> None:
         """Items of record `seq` were delivered or dead-lettered."""
 
     async def save_checkpoint(self, durable_through: int) -> None:
-        """Let the log drop settled records up to `durable_through` at most."""
+        """Let the log drop settled records up to `durable_through` at most (raises
+        StorageUnavailable when the disk refuses)."""
 
     def stats(self) -> LogStats:
         """Counters for /status and /metrics."""

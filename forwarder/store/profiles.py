@@ -2,55 +2,72 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection
 from typing import Any, Protocol
 
+# A profile as the store hands it out. Callers never change one in place: they put a
+# new dict, so a request that fails leaves the stored profiles as they were.
+Profile = dict[str, Any]
+
 
 class ProfileStore(Protocol):
-    """The profile store role: load before use, get, mark changed, flush.
+    """The profile store role: load before use, get, put, flush.
 
     The in-memory store and SQLite implement it today; a cluster wires another engine.
     """
 
     async def load(self, users: Collection[str]) -> None:
-        """After this, get() of these users needs no I/O."""
+        """After this, get() and is_new() of these users need no I/O."""
 
-    def get(self, user: str) -> dict[str, Any]:
-        """The live profile dict (empty for a new user); callers mutate it in place."""
+    def get(self, user: str) -> Profile:
+        """The user's profile (empty for a new user), to read and never to change."""
 
     def is_new(self, user: str) -> bool:
-        """True when nothing was ever stored or cached for this user."""
+        """True when nothing was ever stored for this user."""
 
-    def mark_changed(self, user: str) -> None:
-        """The caller changed this user's dict: persist it."""
+    def put(self, user: str, profile: Profile) -> None:
+        """Replace the user's profile (durable at the next flush)."""
 
     async def flush(self) -> None:
-        """Persist every dirty profile now."""
+        """Persist every profile put since the last flush."""
 
     async def close(self) -> None:
         """Flush and release resources."""
 
 
 class MemoryProfileStore:
-    """Profiles in a dict: durability = "memory"."""
+    """Profiles in memory: durability = "memory".
 
-    def __init__(self) -> None:
-        self._profiles: dict[str, dict[str, Any]] = {}
+    At most `capacity` users are kept; past it the least recently used is forgotten, and
+    its next event finds it new (empty profile, and a user update goes out again).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.evicted = 0
+        self._profiles: OrderedDict[str, Profile] = OrderedDict()
 
     async def load(self, users: Collection[str]) -> None:
         return None
 
-    def get(self, user: str) -> dict[str, Any]:
+    def get(self, user: str) -> Profile:
         profile = self._profiles.get(user)
         if profile is None:
-            profile = self._profiles[user] = {}
+            return {}
+        self._profiles.move_to_end(user)
         return profile
 
     def is_new(self, user: str) -> bool:
         return user not in self._profiles
 
-    def mark_changed(self, user: str) -> None:
-        return None
+    def put(self, user: str, profile: Profile) -> None:
+        profiles = self._profiles
+        profiles[user] = profile
+        profiles.move_to_end(user)
+        if len(profiles) > self.capacity:
+            profiles.popitem(last=False)
+            self.evicted += 1
 
     async def flush(self) -> None:
         return None

@@ -15,15 +15,27 @@ class RecordItem(msgspec.Struct, array_like=True):
     item: bytes  # the item's JSON, exactly as it is sent
 
 
-class Record(msgspec.Struct, array_like=True):
-    """Items per sync, and the profiles the request left.
+class ProfilePatch(msgspec.Struct, array_like=True):
+    """The properties one request changed on one user: their new values, and the removed.
 
-    Profiles are stored as their full state after the request, so replaying a record
-    twice (or after the profile store already has it) leaves them as if nothing happened.
+    Values are absolute (never "add 1"), so replaying a patch twice, or on a profile that
+    already has it, changes nothing; replayed in log order, patches rebuild every change
+    made after the checkpoint. A user seen for the first time has an empty patch.
     """
 
+    user: str
+    set: dict[str, Any]
+    unset: list[str]
+
+
+class Record(msgspec.Struct, array_like=True):
+    """Items per sync, and the profile changes of the request."""
+
     items: list[RecordItem]
-    profiles: list[tuple[str, dict[str, Any]]]
+    # Full profile states after the request: what records held before patches. Read on
+    # replay so a journal written by an older version still recovers; never written now.
+    profiles: list[tuple[str, dict[str, Any]]] = []
+    patches: list[ProfilePatch] = []
 
 
 _encoder = msgspec.msgpack.Encoder()

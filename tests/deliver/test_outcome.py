@@ -185,35 +185,107 @@ def test_unknown_lists_are_tolerated_and_classified_by_their_name() -> None:
 
 def test_counts_reporting_more_failures_than_named_retry_the_unnamed_items() -> None:
     items = [ev(0), ev(1), ev(2)]
-    answer = track_response(1, 2, invalidEmails=["u0@example.com", "someone-else@example.com"])
+    answer = track_response(1, 2, invalidEmails=["u0@example.com"])
     outcome = read_outcome(TRACK, 200, {}, body(answer), items)
     assert details(outcome.dead) == [(0, "invalidEmails")]
     assert outcome.retry == [1, 2]  # one of them failed; we cannot tell which
-    assert "not named by any list" in outcome.summary
+    assert "not named by any list" in outcome.summary and not outcome.transient
     assert_partition(outcome, 3)
 
 
+# --- failure lists naming items that were never sent ------------------------------------
+
+
+def test_values_naming_no_item_do_not_make_the_others_retry() -> None:
+    items = [ev(0), ev(1), ev(2)]
+    # Iterable counts the stranger among the failures: the counts disagree only by it.
+    answer = track_response(1, 2, invalidEmails=["u0@example.com", "someone-else@example.com"])
+    outcome = read_outcome(TRACK, 200, {}, body(answer), items)
+    assert details(outcome.dead) == [(0, "invalidEmails")]
+    assert outcome.delivered == [1, 2] and not outcome.retry
+    assert outcome.foreign == 1
+    assert "1 listed value(s) not in the request (invalidEmails 1)" in outcome.summary
+    assert_partition(outcome, 3)
+
+
+@pytest.mark.parametrize("endpoint", [TRACK, UPDATE])
+def test_a_whole_answer_about_other_items_delivers_the_batch(endpoint: Endpoint) -> None:
+    # The issue's case: 200 user updates retried 8 times for lists about other users.
+    n = 200
+    items: list[Item] = [ev(i) if endpoint is TRACK else user(i) for i in range(n)]
+    strangers = [f"stranger{i}@example.com" for i in range(n)]
+    answer = {
+        "successCount": 0,
+        "failCount": n,
+        "failedUpdates": {"invalidEmails": strangers[:150], "notFoundEmails": strangers[150:]},
+    }
+    outcome = read_outcome(endpoint, 200, {}, body(answer), items)
+    assert outcome.delivered == list(range(n))
+    assert not (outcome.retry or outcome.dead or outcome.transient)
+    assert outcome.foreign == n
+    assert "invalidEmails 150, notFoundEmails 50" in outcome.summary
+
+
+def test_only_the_named_items_in_the_request_get_a_fate_from_the_lists() -> None:
+    items = [ev(0), ev(1, user_id="id-1"), ev(2), ev(3, email="late@example.com")]
+    answer = track_response(
+        1,
+        5,
+        invalidEmails=["u0@example.com", "ghost@example.com"],
+        forgottenUserIds=["id-1", "ghost-id"],
+        notFoundEmails=["late@example.com", "ghost2@example.com"],
+    )
+    outcome = read_outcome(TRACK, 200, {}, body(answer), items)
+    assert details(outcome.dead) == [(0, "invalidEmails"), (1, "forgottenUserIds")]
+    assert outcome.retry == [3]  # notFound, in the request: its own bounded retry
+    assert outcome.delivered == [2] and outcome.foreign == 3
+    assert_partition(outcome, 4)
+
+
+def test_counts_short_by_more_than_the_foreign_values_still_retry_the_unnamed() -> None:
+    items = [ev(0), ev(1), ev(2)]
+    # failCount 3: one named item, one stranger, and one failure nobody names.
+    answer = track_response(0, 3, invalidEmails=["u0@example.com", "ghost@example.com"])
+    outcome = read_outcome(TRACK, 200, {}, body(answer), items)
+    assert details(outcome.dead) == [(0, "invalidEmails")] and outcome.retry == [1, 2]
+
+
+# --- a 2xx that is not Iterable's answer ------------------------------------------------
+
+
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "headers"),
     [
-        b"",
-        b"   ",
-        b"OK",
-        b"<html>fine</html>",
-        b"[]",
-        b'"done"',
-        b'{"msg": "", "code": "Success", "params": null}',
+        (b"", {}),
+        (b"   ", {}),
+        (b"OK", {"Content-Type": "text/plain"}),
+        (b"<html><body>Welcome</body></html>", {"Content-Type": "text/html; charset=utf-8"}),
+        (b'{"successCount": 2, "failCount": 0, "failedUpd', {"Content-Type": "application/json"}),
+        (b"[]", {}),
+        (b'"done"', {}),
     ],
 )
-def test_a_200_without_counts_or_contradiction_counts_as_delivered(answer: bytes) -> None:
-    outcome = read_outcome(TRACK, 200, {}, answer, [ev(0), ev(1)])
-    assert outcome.delivered == [0, 1]
+def test_a_2xx_without_iterables_json_object_is_a_transient_failure(
+    answer: bytes, headers: dict[str, str]
+) -> None:
+    outcome = read_outcome(TRACK, 200, headers, answer, [ev(0), ev(1)])
+    assert outcome.retry == [0, 1] and outcome.transient
+    assert not (outcome.delivered or outcome.dead or outcome.resend or outcome.split)
+    assert outcome.summary.startswith("200 without Iterable's JSON answer")
+    if headers:
+        assert headers["Content-Type"] in outcome.summary
+
+
+def test_a_json_object_in_a_2xx_is_read_as_iterables_answer() -> None:
+    answer = b'{"msg": "", "code": "Success", "params": null}'
+    outcome = read_outcome(TRACK, 202, {}, answer, [ev(0), ev(1)])
+    assert outcome.delivered == [0, 1] and not outcome.transient
 
 
 def test_a_200_that_calls_itself_an_error_is_retried() -> None:
     answer = body({"msg": "Something went wrong", "code": "GenericError", "params": None})
     outcome = read_outcome(TRACK, 200, {}, answer, [ev(0), ev(1)])
-    assert outcome.retry == [0, 1]
+    assert outcome.retry == [0, 1] and outcome.transient
     assert "GenericError" in outcome.summary
 
 
@@ -238,7 +310,7 @@ def test_junk_inside_a_200_is_skipped_not_raised() -> None:
 def test_transient_answers_retry_everything(status: int | None) -> None:
     answer = body({"msg": "Rate limit exceeded", "code": "RateLimitExceeded", "params": None})
     outcome = read_outcome(TRACK, status, {}, answer, [ev(0), ev(1)])
-    assert outcome.retry == [0, 1] and outcome.retry_after is None
+    assert outcome.retry == [0, 1] and outcome.retry_after is None and outcome.transient
     assert not (outcome.delivered or outcome.dead or outcome.resend or outcome.split)
 
 
@@ -371,7 +443,16 @@ def test_wrong_url_answers_pause_like_a_bad_key(status: int) -> None:
     assert not (outcome.delivered or outcome.dead or outcome.retry or outcome.resend)
 
 
-@pytest.mark.parametrize("status", [302, 410, 422])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_pauses_naming_base_url_and_where_it_pointed(status: int) -> None:
+    headers = {"location": "https://www.example.com/login?next=/api/events/trackBulk"}
+    outcome = read_outcome(TRACK, status, headers, b"<html>Moved</html>", [ev(0), ev(1)])
+    assert outcome.auth_failure is not None and "base_url" in outcome.auth_failure
+    assert f"{status} redirect to https://www.example.com/login" in outcome.auth_failure
+    assert not (outcome.delivered or outcome.dead or outcome.retry or outcome.resend)
+
+
+@pytest.mark.parametrize("status", [410, 422])
 def test_other_answers_dead_letter_the_batch_with_the_message(status: int) -> None:
     answer = body({"msg": "Not found", "code": "NotFound", "params": None})
     outcome = read_outcome(TRACK, status, {}, answer, [ev(0), ev(1)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,10 +29,21 @@ from forwarder.deliver.stats import DeliveryStats
 from forwarder.errors import FailureKind
 from forwarder.iterable import Endpoint, TrackEvent, identity_of
 from forwarder.store.dead_letters import DeadLetter, DeadLetterFile, read_letters
-from tests.harness import serve
+from tests.harness import eventually, serve
 
 TRACK = Endpoint.TRACK_BULK
-Answer = tuple[int, dict[str, Any] | str]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """An answer given byte for byte, with its headers (not Iterable's JSON)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Answer = tuple[int, dict[str, Any] | str] | Raw
 
 
 @dataclass
@@ -40,13 +52,22 @@ class ScriptedIterable:
 
     answers: list[Answer]
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # GETs of the page a redirect points to (a followed redirect shows up here).
+    landings: int = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.bodies.append(await request.json())
-        status, body = self.answers[min(len(self.bodies), len(self.answers)) - 1]
+        answer = self.answers[min(len(self.bodies), len(self.answers)) - 1]
+        if isinstance(answer, Raw):
+            return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        status, body = answer
         if isinstance(body, str):
             return web.Response(status=status, text=body)
         return web.json_response(body, status=status)
+
+    async def landing(self, request: web.Request) -> web.Response:
+        self.landings += 1
+        return web.json_response({})  # what a followed redirect's GET would be told
 
 
 class NoWaitBudget:
@@ -63,6 +84,7 @@ class Rig:
     stats: DeliveryStats
     acks: list[int]
     letters_path: Path
+    url: str
 
     def letters(self) -> list[DeadLetter]:
         return [x for x in read_letters(self.letters_path) if isinstance(x, DeadLetter)]
@@ -77,10 +99,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    answers: list[Answer] = request.param
+    # The answers, or (the answers, delivery settings over the rig's own).
+    param: list[Answer] | tuple[list[Answer], dict[str, Any]] = request.param
+    answers, overrides = param if isinstance(param, tuple) else (param, {})
     iterable = ScriptedIterable(answers)
     app = web.Application()
     app.router.add_post("/api/events/trackBulk", iterable.handle)
+    app.router.add_get("/landing", iterable.landing)
     runner, url = await serve(app)
     sync = msgspec.convert(
         {
@@ -92,6 +117,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
                 "backoff_max_seconds": 0.005,
                 "max_attempts": 3,
                 "request_timeout_seconds": 5,
+                **overrides,
             },
         },
         SyncConfig,
@@ -105,7 +131,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
     sender = Sender(sync, NoWaitBudget(), settlement, Pause(sync))
     await sender.start()
     try:
-        yield Rig(sender, iterable, stats, acks, letters_path)
+        yield Rig(sender, iterable, stats, acks, letters_path, url)
     finally:
         await sender.close()
         await runner.cleanup()
@@ -216,3 +242,152 @@ async def test_the_last_error_and_latency_are_recorded(rig: Rig) -> None:
     assert rig.stats.responses[(TRACK.value, "500")] == 1
     assert rig.stats.responses[(TRACK.value, "200")] == 1
     assert sum(rig.stats.latency[TRACK.value].counts) == 2
+
+
+# --- answers that are not Iterable's -----------------------------------------------------
+
+HTML = Raw(200, b"<html><body>Sign in</body></html>", {"Content-Type": "text/html"})
+TRUNCATED = Raw(
+    200, b'{"successCount": 3, "failCount": 0, "failedUpd', {"Content-Type": "application/json"}
+)
+REAL: Answer = (200, {"successCount": 3, "failCount": 0})
+
+
+@pytest.mark.parametrize(
+    "rig", [[HTML, REAL], [TRUNCATED, REAL], [HTML, TRUNCATED, REAL]], indirect=True
+)
+async def test_a_2xx_that_is_not_iterables_answer_delivers_nothing_until_a_real_one(
+    rig: Rig,
+) -> None:
+    items = batch(3)
+    assert await rig.send(items) == []
+    tries = len(rig.iterable.bodies)
+    assert sent_ids(rig.iterable) == [["id-0", "id-1", "id-2"]] * tries and tries >= 2
+    # Delivered once, by the real answer; never dead, never counted twice.
+    assert rig.stats.delivered[TRACK.value] == 3 and not rig.stats.dead
+    assert sorted(rig.acks) == [0, 1, 2]
+    assert rig.stats.retries[TRACK.value] == 3 * (tries - 1)
+    assert rig.stats.last_error is not None
+    assert "200 without Iterable's JSON answer" in rig.stats.last_error
+
+
+@pytest.mark.parametrize(
+    "rig",
+    [([HTML, TRUNCATED], {"max_attempts": 0, "outage_pause_after_failures": 50})],
+    indirect=True,
+)
+async def test_nothing_is_delivered_while_the_2xx_answers_are_not_iterables(rig: Rig) -> None:
+    items = batch(2)
+    task = asyncio.create_task(rig.send(items))
+    try:
+        await eventually(lambda: len(rig.iterable.bodies) >= 6, timeout=10)
+        assert rig.stats.delivered[TRACK.value] == 0 and not rig.acks and not rig.letters()
+        assert all(q.attempts >= 5 for q in items)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    "rig", [[Raw(302, b"", {"Location": "/landing"}), (200, {})]], indirect=True
+)
+async def test_a_redirect_is_not_followed_and_pauses_naming_base_url(rig: Rig) -> None:
+    items = batch(3)
+    assert await rig.send(items) == items  # handed back, in order
+    assert rig.iterable.landings == 0, "the redirect must not be followed as a GET"
+    reason = rig.sender.pause.reason
+    assert reason is not None and "base_url" in reason and "/landing" in reason
+    assert rig.sender.pause.kind == "refused"
+    assert not rig.acks and not rig.letters() and not rig.stats.delivered
+    # The probe after the operator fixed base_url: delivered once, the sync resumed.
+    assert await rig.send(items) == []
+    assert rig.stats.delivered[TRACK.value] == 3 and rig.sender.pause.reason is None
+    assert sorted(rig.acks) == [0, 1, 2]
+
+
+# --- failure lists naming items that were never sent -------------------------------------
+
+FOREIGN: Answer = (
+    200,
+    {
+        "successCount": 1,
+        "failCount": 3,
+        "failedUpdates": {
+            "invalidEmails": ["u1@invalid.test", "someone@else.test"],
+            "notFoundEmails": ["ghost@else.test"],
+        },
+    },
+)
+
+
+@pytest.mark.parametrize("rig", [[FOREIGN, (500, {"msg": "not again"})]], indirect=True)
+async def test_foreign_values_in_failure_lists_never_retry_the_batch(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forwarder.sender")
+    assert await rig.send(batch(3, bad=frozenset({1}))) == []
+    assert len(rig.iterable.bodies) == 1  # one request: no whole-batch retry
+    (letter,) = rig.letters()
+    assert letter.item["id"] == "id-1" and letter.kind == FailureKind.INVALID_IDENTITY.value
+    assert rig.stats.delivered[TRACK.value] == 2 and rig.stats.retries[TRACK.value] == 0
+    assert rig.stats.last_error is not None and "not in the request" in rig.stats.last_error
+    assert any("not in the request" in r.getMessage() for r in caplog.records)
+
+
+# --- an outage ---------------------------------------------------------------------------
+
+OUTAGE = {"max_attempts": 0, "outage_pause_after_failures": 3, "outage_pause_after_seconds": 0}
+
+
+@pytest.mark.parametrize("rig", [([(503, "down")], OUTAGE)], indirect=True)
+async def test_a_run_of_failures_pauses_and_hands_the_items_back_without_dead_letters(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="forwarder.sender")
+    items = batch(3)
+    assert await rig.send(items) == items
+    assert len(rig.iterable.bodies) == 3  # outage_pause_after_failures
+    pause = rig.sender.pause
+    assert pause.kind == "outage" and pause.reason is not None
+    assert "3 failed requests in a row" in pause.reason and "503" in pause.reason
+    assert not rig.letters() and not rig.acks and all(q.attempts == 3 for q in items)
+    paused = [r for r in caplog.records if "sync paused after 3 failed requests" in r.getMessage()]
+    assert len(paused) == 1
+    # Iterable is back: the probe is answered, the sync resumes, everything is delivered.
+    rig.iterable.answers = [(200, {})]
+    assert await rig.send(items) == []
+    assert pause.reason is None and rig.stats.delivered[TRACK.value] == 3
+    assert any("sync resumed" in r.getMessage() for r in caplog.records)
+
+
+# Pausing is pushed out of reach here: this is about the retry bound alone.
+NO_PAUSE = {"max_attempts": 0, "outage_pause_after_failures": 1000}
+
+
+@pytest.mark.parametrize("rig", [([(503, "down")], NO_PAUSE)], indirect=True)
+async def test_no_attempt_count_ends_an_outage_by_default(rig: Rig) -> None:
+    items = batch(1)
+    task = asyncio.create_task(rig.send(items))
+    try:
+        await eventually(lambda: len(rig.iterable.bodies) >= 20, timeout=20)
+        assert not rig.letters() and not rig.acks and items[0].attempts >= 19
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+NOT_FOUND: Answer = (
+    200,
+    {"successCount": 0, "failCount": 1, "failedUpdates": {"notFoundEmails": ["u0@example.com"]}},
+)
+
+
+@pytest.mark.parametrize(
+    "rig", [([NOT_FOUND], {"max_attempts": 0, "item_retry_attempts": 4})], indirect=True
+)
+async def test_item_level_retries_stay_bounded_when_attempts_are_not(rig: Rig) -> None:
+    assert await rig.send(batch(1)) == []
+    assert len(rig.iterable.bodies) == 4
+    (letter,) = rig.letters()
+    assert letter.kind == FailureKind.RETRIES_EXHAUSTED.value and "notFoundEmails" in letter.reason
+    assert rig.sender.pause.reason is None  # Iterable answered: not an outage

@@ -19,6 +19,7 @@ from forwarder.ingest.route import (
     route_user,
 )
 
+SALT = b"request-salt-0001"
 NOW = 1_800_000_000
 
 
@@ -91,7 +92,7 @@ def test_filter_ops(
 ) -> None:
     compiled = compile_sync(sync(events={"where": [{"field": field, "op": op, "value": value}]}))
     routed = route_event(
-        event(event_properties=properties, country="Norway"), PROFILE, compiled, NOW
+        event(event_properties=properties, country="Norway"), PROFILE, compiled, NOW, SALT
     )
     assert (routed.item is not None) is passes
     if not passes:
@@ -104,9 +105,9 @@ def test_all_filters_must_hold() -> None:
         {"field": "user_properties.plan", "op": "is", "value": "pro"},
     ]
     compiled = compile_sync(sync(events={"where": where}))
-    assert route_event(event(event_properties={"price": 11}), PROFILE, compiled, NOW).item
+    assert route_event(event(event_properties={"price": 11}), PROFILE, compiled, NOW, SALT).item
     assert not route_event(
-        event(event_properties={"price": 11}), {**PROFILE, "plan": "free"}, compiled, NOW
+        event(event_properties={"price": 11}), {**PROFILE, "plan": "free"}, compiled, NOW, SALT
     ).item
 
 
@@ -123,7 +124,9 @@ def test_all_filters_must_hold() -> None:
 )
 def test_selection(select: list[str], event_type: str, skipped: SkipReason | None) -> None:
     compiled = compile_sync(sync(events={"select": select}))
-    assert route_event(event(event_type=event_type), PROFILE, compiled, NOW).skipped is skipped
+    assert (
+        route_event(event(event_type=event_type), PROFILE, compiled, NOW, SALT).skipped is skipped
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,7 +148,7 @@ def test_identity(
     identity: tuple[Any, Any] | None,
 ) -> None:
     compiled = compile_sync(sync(mappings={"require_email": require_email}))
-    routed = route_event(event(**fields), profile, compiled, NOW)
+    routed = route_event(event(**fields), profile, compiled, NOW, SALT)
     if identity is None:
         assert routed.item is None and routed.skipped is SkipReason.NO_IDENTITY
     else:
@@ -156,7 +159,7 @@ def test_numeric_user_id_mapping_becomes_a_string() -> None:
     compiled = compile_sync(
         sync(mappings={"user_id": "user_properties.account", "require_email": False})
     )
-    routed = route_event(event(), {"account": 12345}, compiled, NOW)
+    routed = route_event(event(), {"account": 12345}, compiled, NOW, SALT)
     assert routed.item is not None and routed.item.userId == "12345"
 
 
@@ -178,7 +181,9 @@ def test_campaign_and_template_ids_are_integers(value: Any, expected: int | None
     compiled = compile_sync(
         sync(mappings={"campaign_id": "event_properties.c", "template_id": "event_properties.t"})
     )
-    routed = route_event(event(event_properties={"c": value, "t": value}), PROFILE, compiled, NOW)
+    routed = route_event(
+        event(event_properties={"c": value, "t": value}), PROFILE, compiled, NOW, SALT
+    )
     assert routed.item is not None
     assert routed.item.campaignId == expected and routed.item.templateId == expected
 
@@ -186,23 +191,27 @@ def test_campaign_and_template_ids_are_integers(value: Any, expected: int | None
 def test_created_at_is_seconds_and_defaults_to_now() -> None:
     compiled = compile_sync(sync())
     assert (
-        route_event(event(time=1_700_000_123_999), PROFILE, compiled, NOW).item.createdAt
+        route_event(event(time=1_700_000_123_999), PROFILE, compiled, NOW, SALT).item.createdAt
         == 1_700_000_123
     )  # type: ignore[union-attr]
-    assert route_event(event(), PROFILE, compiled, NOW).item.createdAt == NOW  # type: ignore[union-attr]
+    assert route_event(event(), PROFILE, compiled, NOW, SALT).item.createdAt == NOW  # type: ignore[union-attr]
 
 
-def test_id_is_insert_id_else_a_stable_hash() -> None:
+def test_id_is_insert_id_else_a_hash_of_the_event_and_its_place() -> None:
     compiled = compile_sync(sync())
-    assert route_event(event(insert_id="ins-1"), PROFILE, compiled, NOW).item.id == "ins-1"  # type: ignore[union-attr]
-    first = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW).item
-    again = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW).item
-    other = route_event(event(event_properties={"a": 2, "b": 2}), PROFILE, compiled, NOW).item
+    assert route_event(event(insert_id="ins-1"), PROFILE, compiled, NOW, SALT).item.id == "ins-1"  # type: ignore[union-attr]
+    first = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW, SALT).item
+    again = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW, SALT).item
+    other = route_event(event(event_properties={"a": 2, "b": 2}), PROFILE, compiled, NOW, SALT).item
     assert first is not None and again is not None and other is not None
     assert first.id == again.id != other.id
-    assert first.id == event_id(
-        event(event_properties={"b": 2, "a": 1})
-    )  # key order does not matter
+    # Key order does not matter.
+    assert first.id == event_id(event(event_properties={"b": 2, "a": 1}), SALT)
+    # Another salt (another place in another request): another id for the same content.
+    elsewhere = route_event(
+        event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW, b"request-salt-0002"
+    ).item
+    assert elsewhere is not None and elsewhere.id != first.id
 
 
 def test_data_fields_hold_exactly_the_selected_properties() -> None:
@@ -213,23 +222,29 @@ def test_data_fields_hold_exactly_the_selected_properties() -> None:
         )
     )
     routed = route_event(
-        event(event_properties={"price": 5, "secret": "x"}, country="NO"), PROFILE, compiled, NOW
+        event(event_properties={"price": 5, "secret": "x"}, country="NO"),
+        PROFILE,
+        compiled,
+        NOW,
+        SALT,
     )
     assert routed.item is not None
     assert routed.item.dataFields == {"price": 5, "plan": "pro", "ageYears": 37, "country": "NO"}
     none_selected = route_event(
-        event(event_properties={"price": 5}), PROFILE, compile_sync(sync()), NOW
+        event(event_properties={"price": 5}), PROFILE, compile_sync(sync()), NOW, SALT
     )
     assert none_selected.item is not None and none_selected.item.dataFields is None
 
 
 def test_disabled_sync_and_halves() -> None:
     assert (
-        route_event(event(), PROFILE, compile_sync(sync(enabled=False)), NOW).skipped
+        route_event(event(), PROFILE, compile_sync(sync(enabled=False)), NOW, SALT).skipped
         is SkipReason.SYNC_DISABLED
     )
     assert (
-        route_event(event(), PROFILE, compile_sync(sync(events={"enabled": False})), NOW).skipped
+        route_event(
+            event(), PROFILE, compile_sync(sync(events={"enabled": False})), NOW, SALT
+        ).skipped
         is SkipReason.EVENTS_OFF
     )
     off = compile_sync(sync(users={"enabled": False, "user_properties": ["plan"]}))
@@ -291,5 +306,5 @@ def test_odd_values_never_raise(weird: Any) -> None:
     compiled = compile_sync(sync(events={"where": where[:1]}))
     for rule in where:
         compiled = compile_sync(sync(events={"where": [rule]}))
-        route_event(event(event_properties={"v": weird}), {"v": weird}, compiled, NOW)
+        route_event(event(event_properties={"v": weird}), {"v": weird}, compiled, NOW, SALT)
     route_user(event(), {"email": weird}, {"email"}, True, compile_sync(sync(**USERS)))
