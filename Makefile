@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.toml
 SIM_PORT ?= 9100
+# The official JS SDKs (and esbuild) that tests/clients drives; npm installs them.
+CLIENTS := tests/clients
 
 .PHONY: run test bench lint clean
 
@@ -26,7 +28,13 @@ run: $(VENV)/.installed
 	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/forwarder run --config $(CONFIG)
 
-test: $(VENV)/.installed-test
+# Without npm the JS client tests skip, each naming what is missing (pytest -ra).
+$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the JS client tests will skip"; fi
+
+test: $(VENV)/.installed-test $(CLIENTS)/node_modules/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-test
@@ -43,4 +51,4 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache $(CLIENTS)/node_modules

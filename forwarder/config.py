@@ -12,6 +12,7 @@ import msgspec
 
 from forwarder.errors import ConfigError
 from forwarder.ingest.amplitude import EVENT_FIELDS
+from forwarder.ingest.cors import ANY_ORIGIN, origin_problem
 
 # Amplitude property paths a mapping or filter may name: a top-level event field, or a
 # property inside event_properties / user_properties.
@@ -27,6 +28,10 @@ FilterOp = Literal[
     "is set",
     "is not set",
 ]
+# Iterable's project types (its project setting, fixed when the project is made): which
+# field identifies a user, so which identifiers each endpoint gets (README, "Identity").
+ProjectType = Literal["email-based", "userid-based", "hybrid"]
+
 # Ops that compare against `value`; the others test presence only.
 VALUE_OPS = frozenset({"is", "is not", "contains", "does not contain", "greater than", "less than"})
 
@@ -69,6 +74,10 @@ class ServerConfig(_Section):
     # Open client connections at most. Past it a new one replaces the oldest waiting for a
     # request; 503 when all are busy. The open-file limit is raised to fit it at start.
     max_connections: Positive[int] = 4096
+    # Web page origins (scheme://host[:port]) whose browsers may call the ingest routes.
+    # "*" lets any page send, as Amplitude's own endpoints do: the API key, not the
+    # page, is what admits data. A list of origins narrows it; [] allows none.
+    allowed_origins: list[str] = msgspec.field(default_factory=lambda: [ANY_ORIGIN])
 
     @property
     def host(self) -> str:
@@ -98,6 +107,14 @@ class StorageConfig(_Section):
     checkpoint_interval_seconds: Positive[float] = 0.5
     # How often changed profiles are written to SQLite between checkpoints.
     profile_flush_seconds: Positive[float] = 0.2
+    # Amplitude ignores an event whose insert_id its device (or user) already sent within
+    # 7 days: a repeat is answered 200 and applies nothing.
+    dedupe_window_seconds: Positive[int] = 7 * 24 * 3600
+    # insert_ids remembered at most (154 bytes each in memory, measured: 150 MB at the
+    # default; as many rows on disk). Past it the oldest are forgotten before their 7 days,
+    # and a repeat of one is applied again. SDK retries come within minutes, so the window
+    # that matters is covered: a million events back.
+    dedupe_max_entries: Positive[int] = 1_000_000
 
 
 class Filter(_Section):
@@ -108,12 +125,15 @@ class Filter(_Section):
 
 class MappingsConfig(_Section):
     email: str = "user_properties.email"
+    # "" (or absent with null) turns the userId mapping off: email-based projects only.
     user_id: str | None = "user_id"
     campaign_id: str | None = None
     template_id: str | None = None
     # Amplitude path -> Iterable dataFields name.
     fields: dict[str, str] = {}
-    # Iterable needs an email by default; with false a userId alone identifies the user.
+    # Email-based projects need an email by default; with false a userId alone identifies
+    # the user (created with preferUserId). Other project types ignore it: userid-based
+    # ones require a userId, hybrid ones either.
     require_email: bool = True
 
 
@@ -131,11 +151,19 @@ class UsersConfig(_Section):
     # users/bulkUpdate flags (RudderStack defaults both to true).
     prefer_user_id: bool = True
     merge_nested_objects: bool = True
+    # Events of a user Iterable was never told about (Send Users off, or a user older
+    # than the daemon) go after an identity-only bulkUpdate, so the user exists: an
+    # email-based project refuses events of unknown users.
+    identify_before_events: bool = False
 
 
 class LimitsConfig(_Section):
     track_bulk_per_second: Positive[float] = 10
     bulk_update_per_second: Positive[float] = 5
+    # users/updateEmail (email changes): the spec documents no limit for it (users/update,
+    # its single-user sibling, has 500/s); email changes are rare, so a low rate costs
+    # nothing and cannot meet an undocumented limit.
+    update_email_per_second: Positive[float] = 10
     max_events_per_request: Positive[int] = 8000
     max_users_per_request: Positive[int] = 1000
     max_request_bytes: Positive[int] = 4_000_000
@@ -164,6 +192,21 @@ class DeliveryConfig(_Section):
     # trackBulk: its user is not visible yet; failures counted but not named): a property
     # of the item, not an outage, so bounded even when max_attempts is 0.
     item_retry_attempts: Positive[int] = 8
+    # A user Iterable answers "not found" about (notFoundEmails/UserIds, trackBulk's
+    # top-level invalidUserIds, an updateEmail of an unknown user) may just not be
+    # visible yet: Iterable asks for up to 60 s after a user is created or updated. The
+    # item is retried this long from its first not-found answer (which comes after its
+    # user's update was acknowledged, as a user's items go in order), its user's later
+    # items waiting behind it; then it is a dead letter, "user not found".
+    not_found_retry_seconds: float = 120.0
+    # The longest wait between those retries (they start at backoff_initial_seconds).
+    not_found_backoff_max_seconds: Positive[float] = 15.0
+    # A 400 that names no item and whose code is about one item (BadJsonBody, ...) is
+    # bisected to find it; a chunk this many halvings deep, or past the batch's budget of
+    # 2*ceil(log2(n)) + bisect_extra_requests split requests, is a dead letter instead.
+    # Codes about the project or request (UniqueFieldsLimitExceeded, ...) never bisect.
+    max_bisect_depth: Positive[int] = 13
+    bisect_extra_requests: int = 4
     backoff_initial_seconds: Positive[float] = 0.5
     backoff_max_seconds: Positive[float] = 30.0
     # An outage pauses the sync (items stay queued, one probe batch per interval): after
@@ -191,6 +234,9 @@ class SyncConfig(_Section):
     name: str
     api_key: str
     enabled: bool = True
+    # The Iterable project's type: its setting, which decides which identifiers each
+    # endpoint gets. "email-based" matches the seed ("Email is required").
+    project_type: ProjectType = "email-based"
     region: Literal["us", "eu"] = "us"
     base_url: str | None = None
     mappings: MappingsConfig = msgspec.field(default_factory=MappingsConfig)
@@ -319,6 +365,12 @@ def check_config(config: Config) -> None:
         if not key:
             raise ConfigError(f"server.api_keys[{i}]", "is empty")
     _check_positive(server, "server")
+    for i, origin in enumerate(server.allowed_origins):
+        problem = origin_problem(origin)
+        if problem is not None:
+            raise ConfigError(f"server.allowed_origins[{i}]", problem)
+    if ANY_ORIGIN in server.allowed_origins and len(server.allowed_origins) > 1:
+        raise ConfigError("server.allowed_origins", "'*' allows every origin: list no others")
     if server.max_events_per_request > MAX_EVENTS_PER_REQUEST_CEILING:
         # The event count is checked by a decoder with one slot per allowed event.
         raise ConfigError(
@@ -342,6 +394,11 @@ def check_config(config: Config) -> None:
         if sync.base_url is not None and not re.match(r"https?://[^/]+", sync.base_url):
             raise ConfigError(f"{at}.base_url", "expected an http:// or https:// URL")
         _check_mappings(sync.mappings, f"{at}.mappings")
+        if sync.project_type == "userid-based" and not sync.mappings.user_id:
+            raise ConfigError(
+                f"{at}.mappings.user_id",
+                "a userid-based project identifies users by userId: it cannot be off",
+            )
         _check_events(sync.events, f"{at}.events")
         for j, name in enumerate(sync.users.user_properties):
             _property_name(name, f"{at}.users.user_properties[{j}]")
@@ -352,6 +409,8 @@ def check_config(config: Config) -> None:
 def _check_mappings(mappings: MappingsConfig, at: str) -> None:
     for key in ("email", "user_id", "campaign_id", "template_id"):
         path = getattr(mappings, key)
+        if key == "user_id" and path == "":
+            continue  # the userId mapping turned off
         if path is not None and not is_property_path(path):
             raise ConfigError(f"{at}.{key}", f"not a property path: {path!r}{_PATH_HINT}")
     for source, target in mappings.fields.items():
@@ -395,7 +454,13 @@ def _check_limits(limits: LimitsConfig, at: str) -> None:
 
 def _check_delivery(delivery: DeliveryConfig, at: str) -> None:
     _check_positive(delivery, at)
-    for key in ("max_attempts", "max_retry_seconds", "outage_pause_after_seconds"):
+    for key in (
+        "max_attempts",
+        "max_retry_seconds",
+        "outage_pause_after_seconds",
+        "not_found_retry_seconds",
+        "bisect_extra_requests",
+    ):
         if getattr(delivery, key) < 0:
             raise ConfigError(f"{at}.{key}", "must be 0 or more")
     if delivery.outage_probe_max_seconds < delivery.outage_probe_seconds:
@@ -434,8 +499,9 @@ def summarize(config: Config) -> str:
             else "users off"
         )
         lines.append(
-            f"sync {sync.name}: {state}, {sync.endpoint_base}, {events}, {users}, "
-            f"email <- {sync.mappings.email}, userId <- {sync.mappings.user_id}"
+            f"sync {sync.name}: {state}, {sync.project_type} project, {sync.endpoint_base}, "
+            f"{events}, {users}, email <- {sync.mappings.email}, "
+            f"userId <- {sync.mappings.user_id or 'off'}"
         )
     if not config.syncs:
         lines.append("no syncs: events are accepted and dropped after validation")

@@ -21,11 +21,13 @@ from forwarder.ops.metrics import metrics_handler
 from forwarder.ops.status import status_handler
 from forwarder.pipeline import Pipeline
 from forwarder.store.dead_letters import DeadLetterFile, dead_letter_path
+from forwarder.store.dedupe import MemorySeenInserts, SeenInserts
 from forwarder.store.health import StorageHealth
 from forwarder.store.journal import Journal
 from forwarder.store.lock import StorageLock
 from forwarder.store.log import DurableLog, NoLog
 from forwarder.store.profiles import MemoryProfileStore, ProfileStore
+from forwarder.store.sqlite_dedupe import SqliteSeenInserts
 from forwarder.store.sqlite_profiles import SqliteProfileStore
 
 log = logging.getLogger("forwarder.daemon")
@@ -40,10 +42,14 @@ async def open_pipeline(config: Config) -> Pipeline:
     journaled = storage.durability == "journal"
     profiles: ProfileStore
     durable_log: DurableLog
+    seen: SeenInserts
     if journaled:
         path = Path(storage.path)
         profiles = await SqliteProfileStore(
             path, storage.profile_cache_size, storage.profile_flush_seconds
+        ).open()
+        seen = await SqliteSeenInserts(
+            path, storage.dedupe_max_entries, storage.dedupe_window_seconds
         ).open()
         durable_log = Journal(
             path / "journal",
@@ -55,6 +61,7 @@ async def open_pipeline(config: Config) -> Pipeline:
     else:
         health = StorageHealth(None)
         profiles, durable_log = MemoryProfileStore(storage.profile_cache_size), NoLog()
+        seen = MemorySeenInserts(storage.dedupe_max_entries, storage.dedupe_window_seconds)
     enabled = [sync for sync in config.syncs if sync.enabled]
     rate = RateGates(enabled)
     deliveries = [
@@ -66,7 +73,7 @@ async def open_pipeline(config: Config) -> Pipeline:
         )
         for sync in enabled
     ]
-    intake = Intake(enabled, profiles, storage.max_profile_bytes)
+    intake = Intake(enabled, profiles, storage.max_profile_bytes, seen)
     return Pipeline(config, intake, durable_log, deliveries, health)
 
 

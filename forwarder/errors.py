@@ -38,6 +38,10 @@ class FailureKind(enum.Enum):
     USER_NOT_FOUND = "user_not_found"
     OTHER_FAILURE_LIST = "other_failure_list"
     BAD_REQUEST = "bad_request"
+    # 400 UniqueFieldsLimitExceeded: the project holds as many fields as Iterable allows;
+    # about the project, not the item, so never bisected (an operator raises the limit,
+    # then replays).
+    UNIQUE_FIELDS_LIMIT = "unique_fields_limit"
     REFUSED = "refused"
     RETRIES_EXHAUSTED = "retries_exhausted"
     REPLAY_TIMEOUT = "replay_timeout"

@@ -1,4 +1,4 @@
-"""Iterable's bulk API: endpoints, the items we send, the bodies they travel in, and caps."""
+"""Iterable's API as we use it: endpoints, the items we send, their bodies, and caps."""
 
 from __future__ import annotations
 
@@ -8,24 +8,31 @@ from typing import Any
 
 import msgspec
 
-from forwarder.config import LimitsConfig
+from forwarder.config import LimitsConfig, ProjectType
 
 
 class Endpoint(enum.Enum):
-    """The two bulk endpoints, by their path under the API base URL."""
+    """The endpoints we send to, by their path under the API base URL."""
 
     BULK_UPDATE = "users/bulkUpdate"
     TRACK_BULK = "events/trackBulk"
+    # Single, not bulk: one email change per request (a batch of one).
+    UPDATE_EMAIL = "users/updateEmail"
 
     @property
     def list_key(self) -> str:
-        """The body's key holding the items: {"users": [...]} or {"events": [...]}."""
-        return "users" if self is Endpoint.BULK_UPDATE else "events"
+        """The bulk body's key holding the items: {"users": [...]} or {"events": [...]}."""
+        return "events" if self is Endpoint.TRACK_BULK else "users"
+
+    @property
+    def single(self) -> bool:
+        """One item is the whole body (updateEmail), not an element of a list."""
+        return self is Endpoint.UPDATE_EMAIL
 
 
 # Users first: a sync starts its batchers in this order, and every per-endpoint table
 # is built from it.
-ENDPOINTS = (Endpoint.BULK_UPDATE, Endpoint.TRACK_BULK)
+ENDPOINTS = (Endpoint.BULK_UPDATE, Endpoint.UPDATE_EMAIL, Endpoint.TRACK_BULK)
 
 
 class TrackEvent(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -51,23 +58,49 @@ class UserUpdate(msgspec.Struct, omit_defaults=True, kw_only=True):
     mergeNestedObjects: bool | None = None
 
 
-Item = TrackEvent | UserUpdate
+class UpdateEmail(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The body of users/updateEmail: the user by its current email (or userId), and
+    the email it gets. The spec: currentEmail or currentUserId, not both."""
+
+    newEmail: str
+    currentEmail: str | None = None
+    currentUserId: str | None = None
 
 
-def identity_of(item: Item) -> str:
-    """The key Iterable knows a user by, for ordering: email when present, else userId."""
+Item = TrackEvent | UserUpdate | UpdateEmail
+
+
+def email_key(email: str) -> str:
+    return "e:" + email.lower()
+
+
+def identity_of(item: Item, project_type: ProjectType = "email-based") -> str:
+    """The key a user's items are ordered under (its lane): the identifier the project
+    finds the user by. Email first in email-based projects, userId first otherwise, so a
+    user's update and its events share one lane whatever identifiers each carries. An
+    email change is ordered under the identity it changes from."""
+    if isinstance(item, UpdateEmail):
+        if item.currentEmail:
+            return email_key(item.currentEmail)
+        return "u:" + (item.currentUserId or "")
+    if project_type != "email-based" and item.userId:
+        return "u:" + item.userId
     if item.email:
-        return "e:" + item.email.lower()
+        return email_key(item.email)
     return "u:" + (item.userId or "")
 
 
 def body_envelope(endpoint: Endpoint) -> tuple[bytes, bytes]:
-    """The bytes around the comma-joined encoded items of a bulk request body."""
+    """The bytes around the comma-joined encoded items of a request body."""
+    if endpoint.single:
+        return b"", b""
     return b'{"' + endpoint.list_key.encode() + b'":[', b"]}"
 
 
 def assemble_body(endpoint: Endpoint, encoded_items: list[bytes]) -> bytes:
-    """A bulk request body from items already encoded with msgspec (no re-encoding)."""
+    """A request body from items already encoded with msgspec (no re-encoding)."""
+    if endpoint.single:
+        return encoded_items[0]
     head, tail = body_envelope(endpoint)
     return head + b",".join(encoded_items) + tail
 
@@ -86,11 +119,12 @@ class BatchCaps:
 
 
 def caps_of(limits: LimitsConfig, endpoint: Endpoint) -> BatchCaps:
-    items = (
-        limits.max_events_per_request
-        if endpoint is Endpoint.TRACK_BULK
-        else limits.max_users_per_request
-    )
+    if endpoint.single:
+        items = 1
+    elif endpoint is Endpoint.TRACK_BULK:
+        items = limits.max_events_per_request
+    else:
+        items = limits.max_users_per_request
     return BatchCaps(max_items=items, max_bytes=limits.max_request_bytes)
 
 
@@ -98,4 +132,33 @@ def rate_of(limits: LimitsConfig, endpoint: Endpoint) -> float:
     """Requests per second the project allows on this endpoint."""
     if endpoint is Endpoint.TRACK_BULK:
         return limits.track_bulk_per_second
+    if endpoint is Endpoint.UPDATE_EMAIL:
+        return limits.update_email_per_second
     return limits.bulk_update_per_second
+
+
+def merge_user_updates(first: UserUpdate, then: UserUpdate) -> UserUpdate:
+    """One update with the effect of `first` followed by `then`, as Iterable applies
+    them: later values win, fields `then` leaves out stay, and with mergeNestedObjects a
+    top-level object merges into the one before it rather than replacing it."""
+    fields: dict[str, Any] | None = None
+    if first.dataFields or then.dataFields:
+        fields = dict(first.dataFields or {})
+        nested = bool(then.mergeNestedObjects)
+        for name, value in (then.dataFields or {}).items():
+            old = fields.get(name)
+            if nested and isinstance(value, dict) and isinstance(old, dict):
+                fields[name] = {**old, **value}
+            else:
+                fields[name] = value
+    return UserUpdate(
+        email=then.email or first.email,
+        userId=then.userId or first.userId,
+        dataFields=fields,
+        preferUserId=then.preferUserId if then.preferUserId is not None else first.preferUserId,
+        mergeNestedObjects=(
+            then.mergeNestedObjects
+            if then.mergeNestedObjects is not None
+            else first.mergeNestedObjects
+        ),
+    )

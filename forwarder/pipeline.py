@@ -82,8 +82,12 @@ class Pipeline:
             intaken = self.intake.process(events, int(time.time()))
             if self.intake.builds_on_failure(intaken):
                 raise StorageUnavailable("an earlier request could not be stored: retry")
-            if not intaken.routed and not intaken.touched:
-                return  # nothing to deliver and no profile changed: nothing to keep
+            if not (intaken.routed or intaken.touched or intaken.seen or intaken.read_from):
+                # Nothing to deliver, no profile changed, no insert_id new, and nothing
+                # read from a record not yet durable: nothing to keep or wait for. (A
+                # request of repeats of such a record's insert_ids appends an empty record:
+                # it fails if that one does, so the client resends and nothing is lost.)
+                return
             payload = self._record(intaken) if self.log.durable else b""
             # Appended under the lock so log order is processing order.
             durable = self.log.append(payload, len(intaken.routed))
@@ -102,7 +106,9 @@ class Pipeline:
         items = [
             RecordItem(names[i], endpoint.value, data) for i, endpoint, _, data in intaken.routed
         ]
-        return encode_record(Record(items, patches=patches_of(intaken)))
+        return encode_record(
+            Record(items, patches=patches_of(intaken), seen=list(intaken.seen), seen_at=intaken.now)
+        )
 
     def _record_settled(self, intaken: Intaken, durable: asyncio.Future[int]) -> None:
         if durable.cancelled() or durable.exception() is not None:
@@ -176,6 +182,11 @@ class Pipeline:
             self.storage.failed(error, "profile flush")
             return False
         try:
+            await self.intake.seen.flush()
+        except StorageUnavailable as error:
+            self.storage.failed(error, "seen-inserts flush")
+            return False
+        try:
             await self.log.save_checkpoint(seq)
         except StorageUnavailable as error:
             self.storage.failed(error, "checkpoint")
@@ -201,6 +212,11 @@ class Pipeline:
             await self.intake.profiles.close()
         except Exception as error:  # as in checkpoint(): the engine's own errors
             self.storage.failed(error, "profile flush")
+            saved = False
+        try:
+            await self.intake.seen.close()
+        except Exception as error:
+            self.storage.failed(error, "seen-inserts flush")
             saved = False
         await self.storage.close()
         if not saved and self.log.durable:

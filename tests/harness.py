@@ -14,7 +14,9 @@ from aiohttp import web
 
 from forwarder.config import Config, parse_config
 from forwarder.daemon import build_daemon_app, open_pipeline
+from forwarder.ingest.amplitude import Event
 from forwarder.ingest.app import STATE_KEY
+from forwarder.ingest.route import event_id
 from forwarder.pipeline import Pipeline
 
 AMPLITUDE_KEY = "test-amplitude-key"
@@ -107,6 +109,12 @@ class Daemon:
         await self.pipeline.stop()
         await self.runner.cleanup()
         return drained
+
+
+def iterable_id(event: dict[str, Any]) -> str:
+    """The Iterable event id the daemon gives an Amplitude event that has an insert_id."""
+    assert event.get("insert_id"), "events without insert_id get ids salted per request"
+    return event_id(msgspec.convert(event, Event), b"")
 
 
 def upload_body(events: list[dict[str, Any]], api_key: str = AMPLITUDE_KEY) -> bytes:

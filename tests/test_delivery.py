@@ -18,7 +18,15 @@ import pytest
 from forwarder.deliver.replay import replay
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from forwarder.store.dead_letters import dead_letter_path, read_letters
-from tests.harness import ITERABLE_KEY, Daemon, eventually, make_config, post_events, serve
+from tests.harness import (
+    ITERABLE_KEY,
+    Daemon,
+    eventually,
+    iterable_id,
+    make_config,
+    post_events,
+    serve,
+)
 
 
 class Iterable:
@@ -155,7 +163,7 @@ async def test_iterable_down_turns_into_429s_then_everything_arrives(
             batch = [event(u, n) for u in range(50)]
             status, body = await post_events(session, daemon.url, batch)
             if status == 200:
-                accepted.extend(e["insert_id"] for e in batch)
+                accepted.extend(iterable_id(e) for e in batch)
             else:
                 assert status == 429 and body["throttled_events"] == list(range(50))
                 throttled += 1
@@ -198,7 +206,7 @@ async def test_partial_failures_are_dead_lettered_and_replayed(
         f"u{u}@invalid.test" for u in (5, 6, 7)
     }
     exhausted = [l for l in letters if l.kind == "retries_exhausted"]
-    assert {l.item["id"] for l in exhausted} == {f"ev-{u}-1" for u in range(3)}
+    assert {l.item["id"] for l in exhausted} == {iterable_id(event(u, 1)) for u in range(3)}
     assert all(l.attempts == 2 for l in exhausted)
 
     # Iterable is healthy again: a replay delivers the retryable ones; the invalid
@@ -208,7 +216,7 @@ async def test_partial_failures_are_dead_lettered_and_replayed(
     ) as healthy:
         replay_config = make_config(tmp_path, healthy.url, limits=limits(100, 100))
         (result,) = await replay(replay_config, timeout=30)
-        assert {f"ev-{u}-1" for u in range(3)} <= healthy.state.event_ids
+        assert {iterable_id(event(u, 1)) for u in range(3)} <= healthy.state.event_ids
     assert result.resent == len(letters)
     assert result.delivered >= 3
     again = [l for l in read_letters(path) if not isinstance(l, str)]
@@ -288,6 +296,7 @@ async def test_bad_api_key_pauses_the_sync_and_keeps_its_items(
         assert status["syncs"][0]["state"] == "paused"
         # The operator fixes the key on Iterable's side: the sync resumes by itself.
         iterable.config.api_keys = frozenset({ITERABLE_KEY})
-        await eventually(lambda: {"ev-1-0", "ev-1-1"} <= iterable.state.event_ids)
+        sent = {iterable_id(event(1, 0)), iterable_id(event(1, 1))}
+        await eventually(lambda: sent <= iterable.state.event_ids)
         assert delivery.pause.reason is None
         assert await daemon.drain_and_stop()

@@ -14,7 +14,15 @@ from typing import Any
 import aiohttp
 
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
-from tests.harness import AMPLITUDE_KEY, Daemon, eventually, make_config, post_events, serve
+from tests.harness import (
+    AMPLITUDE_KEY,
+    Daemon,
+    eventually,
+    iterable_id,
+    make_config,
+    post_events,
+    serve,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +151,7 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_event(tmp_path: Path) -> 
                     except (aiohttp.ClientError, asyncio.TimeoutError):
                         return
                     if status == 200:
-                        acknowledged.update(e["insert_id"] for e in events)
+                        acknowledged.update(iterable_id(e) for e in events)
 
             clients = [asyncio.create_task(client(c * 100_000)) for c in range(4)]
             await eventually(lambda: len(acknowledged) >= 2000, timeout=30)
@@ -187,7 +195,7 @@ async def test_sigterm_drains_exits_0_and_sends_nothing_twice(tmp_path: Path) ->
                 events = batch(k * 50)
                 status, _ = await post_events(session, daemon.url, events)
                 assert status == 200
-                sent.update(e["insert_id"] for e in events)
+                sent.update(iterable_id(e) for e in events)
         assert daemon.process is not None
         started = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
@@ -246,7 +254,7 @@ async def test_torn_journal_tail_keeps_the_records_before_it(tmp_path: Path) -> 
             assert await again.drain_and_stop()
     finally:
         await runner.cleanup()
-    assert state.event_ids == {f"tick-{n}" for n in range(40)}
+    assert state.event_ids == {iterable_id(e) for e in batch(0, 40)}
 
 
 async def test_journal_disk_cap_answers_429_not_a_crash(tmp_path: Path) -> None:

@@ -11,7 +11,15 @@ import pytest
 from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify
 
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
-from tests.harness import AMPLITUDE_KEY, Daemon, eventually, make_config, post_events, serve
+from tests.harness import (
+    AMPLITUDE_KEY,
+    Daemon,
+    eventually,
+    iterable_id,
+    make_config,
+    post_events,
+    serve,
+)
 
 SYNC_SETTINGS: dict[str, Any] = {
     "mappings": {
@@ -125,18 +133,19 @@ async def test_sdk_identify_then_events_reach_iterable_as_configured(
         results = await asyncio.to_thread(run_sdk, daemon.url, calls, route)
         assert results and all(code == 200 for _, code in results), results
 
-        await eventually(lambda: "purchase-1" in state.event_ids, timeout=20)
+        purchase_id = iterable_id({"user_id": user, "insert_id": "purchase-1"})
+        await eventually(lambda: purchase_id in state.event_ids, timeout=20)
         assert await daemon.drain_and_stop()
     finally:
         await runner.cleanup()
 
-    (sent,) = [e for e in state.events if e["id"] == "purchase-1"]
+    (sent,) = [e for e in state.events if e["id"] == purchase_id]
     assert sent == {
         "eventName": "Purchase",
-        "id": "purchase-1",
+        "id": purchase_id,
         "createdAt": 1_700_000_123,
+        # One identifier per event (the spec), the email in an email-based project.
         "email": "grace@example.com",
-        "userId": user,
         "campaignId": 1234,
         "templateId": 99,
         "dataFields": {
@@ -146,7 +155,7 @@ async def test_sdk_identify_then_events_reach_iterable_as_configured(
             "planName": "enterprise",
         },
     }
-    assert state.event_ids == {"purchase-1"}  # the filter and the selection kept the rest out
+    assert state.event_ids == {purchase_id}  # the filter and the selection kept the rest out
     (update,) = state.users
     assert update["email"] == "grace@example.com" and update["userId"] == user
     assert update["dataFields"] == {
@@ -237,13 +246,15 @@ async def test_profiles_survive_a_restart_in_journal_mode(tmp_path: Path) -> Non
                     }
                 ],
             )
-            await eventually(lambda: "after-restart" in state.event_ids)
+            after_restart = iterable_id({"user_id": "user-77777", "insert_id": "after-restart"})
+            await eventually(lambda: after_restart in state.event_ids)
             profile = again.pipeline.intake.profiles.get("user-77777")
-            assert profile == {"email": "kept@example.com", "plan": "team", "logins": 2}
+            told = {"$iterable:test": "kept@example.com"}  # what Iterable was told, kept too
+            assert profile == {"email": "kept@example.com", "plan": "team", "logins": 2, **told}
             assert await again.drain_and_stop()
     finally:
         await runner.cleanup()
-    (sent,) = [e for e in state.events if e["id"] == "after-restart"]
+    (sent,) = [e for e in state.events if e["id"] == after_restart]
     assert sent["email"] == "kept@example.com"
 
 
@@ -285,11 +296,18 @@ async def test_a_device_profile_carries_over_to_the_user_who_logs_in_on_it(
                     },
                 ],
             )
-            await eventually(lambda: "first-purchase" in state.event_ids)
+            first = iterable_id(
+                {
+                    "user_id": "user-signed-up",
+                    "device_id": "device-anon-1",
+                    "insert_id": "first-purchase",
+                }
+            )
+            await eventually(lambda: first in state.event_ids)
             assert await daemon.drain_and_stop()
     finally:
         await runner.cleanup()
-    (sent,) = [e for e in state.events if e["id"] == "first-purchase"]
-    assert sent["email"] == "early@example.com" and sent["userId"] == "user-signed-up"
+    (sent,) = [e for e in state.events if e["id"] == first]
+    assert sent["email"] == "early@example.com" and "userId" not in sent
     created = [u for u in state.users if u.get("userId") == "user-signed-up"]
     assert created and created[0]["dataFields"]["plan"] == "trial"

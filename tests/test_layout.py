@@ -68,6 +68,7 @@ def test_only_the_daemon_names_the_storage_implementations() -> None:
     implementations = {
         "forwarder.store.journal",
         "forwarder.store.sqlite_profiles",
+        "forwarder.store.sqlite_dedupe",
     }
     users = {
         name

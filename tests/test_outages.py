@@ -22,7 +22,7 @@ from aiohttp import web
 from forwarder.deliver.sync import SyncDelivery
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from forwarder.store.dead_letters import dead_letter_path, read_letters
-from tests.harness import Daemon, eventually, make_config, post_events
+from tests.harness import Daemon, eventually, iterable_id, make_config, post_events
 
 USERS = 20
 # Retries and probes scaled down so the outage's edges take seconds; the bounds that
@@ -110,7 +110,7 @@ class Trickle:
             batch = [event(u, n) for u in range(n % 4, USERS, 4)]
             status, _ = await post_events(self.session, self.url, batch)
             if status == 200:
-                self.accepted.extend(e["insert_id"] for e in batch)
+                self.accepted.extend(iterable_id(e) for e in batch)
             else:
                 self.refused.append(status)
             try:

@@ -21,7 +21,7 @@ from aiohttp import web
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from forwarder.store.framing import HEADER_SIZE, scan_frames
 from forwarder.store.records import decode_record
-from tests.harness import eventually, post_events, serve
+from tests.harness import eventually, iterable_id, post_events, serve
 from tests.test_durability import ROOT, DaemonProcess, batch, free_port, write_config
 
 TMPFS_BYTES = 8 * 1024 * 1024
@@ -100,7 +100,7 @@ class Load:
         status, body = await post_events(self.session, self.url, events)
         self.statuses.append(status)
         if status == 200:
-            self.acknowledged.update(e["insert_id"] for e in events)
+            self.acknowledged.update(iterable_id(e) for e in events)
         return status, body
 
 

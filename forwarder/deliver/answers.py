@@ -100,12 +100,18 @@ def read_bulk_response(raw: Mapping[str, Any]) -> BulkResponse:
     )
 
 
-def failure_lists(response: BulkResponse, raw: Mapping[str, Any]) -> dict[str, list[str]]:
+def failure_lists(
+    response: BulkResponse, raw: Mapping[str, Any], track: bool = False
+) -> dict[str, list[str]]:
     """Every non-empty list of failed identities, known or not, by name.
 
     A name present both at the top level (deprecated) and under failedUpdates is merged.
     Unknown lists are kept when their name says what they hold (Email, UserId,
     EventNames); lists of field names are not failures.
+
+    On trackBulk (`track`), the spec describes the top-level `invalidUserIds` as "userId
+    values that were not found": its values that failedUpdates does not list as invalid
+    are read as notFoundUserIds.
     """
     lists: dict[str, list[str]] = {}
 
@@ -115,7 +121,13 @@ def failure_lists(response: BulkResponse, raw: Mapping[str, Any]) -> dict[str, l
 
     add("disallowedEventNames", response.disallowedEventNames)
     add("invalidEmails", response.invalidEmails)
-    add("invalidUserIds", response.invalidUserIds)
+    if track:
+        nested = response.failedUpdates
+        invalid = set(nested.invalidUserIds) if nested is not None else set()
+        add("invalidUserIds", [v for v in response.invalidUserIds if v in invalid])
+        add("notFoundUserIds", [v for v in response.invalidUserIds if v not in invalid])
+    else:
+        add("invalidUserIds", response.invalidUserIds)
     if response.failedUpdates is not None:
         for name in FailedUpdates.__struct_fields__:
             add(name, getattr(response.failedUpdates, name))

@@ -1,4 +1,4 @@
-"""Reading Iterable's answer to one bulk request into a fate per item (pure, no I/O)."""
+"""Reading Iterable's answer to one request into a fate per item (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ from forwarder.deliver.answers import (
     status_text,
 )
 from forwarder.errors import Failure, FailureKind, scrub
-from forwarder.iterable import Endpoint, Item, TrackEvent
+from forwarder.iterable import Endpoint, Item, TrackEvent, UpdateEmail
 
 
 class Outcome(msgspec.Struct, kw_only=True):
     """The fate of every item of one bulk request, by index into the batch.
 
     Unless `split` or `auth_failure` is set, every index appears in exactly one of
-    delivered, dead, retry and resend. With `split` the sender bisects the whole batch;
+    delivered, dead, retry, not_found and resend. With `split` the sender bisects the
+    whole batch (within its bisect budget);
     with `auth_failure` no item has a fate: the sync pauses and keeps them queued.
     `transient` marks a request that failed as a whole for now (no answer, 408/429/5xx,
     a 2xx that is not Iterable's answer): every item is in retry, and a run of these is
@@ -39,6 +40,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     delivered: list[int] = []
     dead: list[tuple[int, Failure]] = []
     retry: list[int] = []
+    # Iterable does not see the item's user (yet): retried on the not-found schedule.
+    not_found: list[int] = []
     resend: list[int] = []
     split: bool = False
     retry_after: float | None = None
@@ -52,7 +55,7 @@ class Outcome(msgspec.Struct, kw_only=True):
     summary: str = ""
 
 
-Fate = Literal["dead", "retry", "ignore"]
+Fate = Literal["dead", "not_found", "retry", "ignore"]
 
 # Why each failure list is, or is not, worth retrying:
 # - invalid*, invalidData*: the value or the data is malformed; resending the same bytes
@@ -64,10 +67,11 @@ Fate = Literal["dead", "retry", "ignore"]
 # - disallowedEventNames: the project blocks that event name: configuration on
 #   Iterable's side, not a passing state.
 # - notFound* on trackBulk: the user is not visible yet. Bulk endpoints are processed
-#   asynchronously, so events sent right after the user's bulkUpdate can race it; a few
-#   retries with backoff (bounded by item_retry_attempts, as any retry the answer decides
-#   item by item) cover that. If the user was never created the item ends as a dead
-#   letter with that reason.
+#   asynchronously, and Iterable asks for up to 60 s after a user is created or updated
+#   before calls that depend on it, so these are retried on their own schedule
+#   (not_found_retry_seconds, 2 min by default) before they become dead letters, "user
+#   not found". trackBulk's deprecated top-level invalidUserIds is "userId values that
+#   were not found" (answers.failure_lists reads it as notFoundUserIds).
 # - notFound* on bulkUpdate: the spec says these lists are "for subscribe/unsubscribe
 #   only"; a bulkUpdate creates users, so a miss there means the identity cannot be
 #   resolved (a userId alone in an email-based project without preferUserId): permanent.
@@ -99,7 +103,7 @@ def classify_list(name: str, endpoint: Endpoint) -> Fate:
     if name in PERMANENT_LISTS:
         return "dead"
     if name in NOT_FOUND_LISTS or "notfound" in name.lower():
-        return "retry" if endpoint is Endpoint.TRACK_BULK else "dead"
+        return "not_found" if endpoint is Endpoint.TRACK_BULK else "dead"
     if name.startswith("noOp"):
         return "ignore"  # peers' mocks: the update changed nothing, Iterable took it
     lowered = name.lower()
@@ -159,6 +163,8 @@ def read_outcome(
             transient=True,
             summary=why,
         )
+    if endpoint.single and (200 <= status < 300 or status in (400, 404, 409)):
+        return _read_single(status, body)
     if 200 <= status < 300:
         return _read_success(endpoint, status, headers, body, items)
     if 300 <= status < 400:
@@ -196,18 +202,111 @@ def read_outcome(
 
 # --- 400 / 409: the whole request refused ---------------------------------------------
 
+# Iterable's error codes (Iterable/api-client, src/types/common.ts) by what they are about.
+# About one item: the request is refused for it, so the others go again without it.
+ITEM_CODES = frozenset(
+    {
+        "BadJsonBody",
+        "BadParams",
+        "RequestFieldsTypesMismatched",
+        "InvalidEmailAddressError",
+        "InvalidUserIdError",
+        "EmailAlreadyExists",
+        "UserIdAlreadyExists",
+        "ExternalKeyConflict",
+        "ForgottenUserError",
+        "UnknownEmailError",
+        "UnknownUserIdError",
+        "NotFound",
+    }
+)
+# About the project: every item of every request gets the same answer, so halving the
+# batch finds nothing; the items are dead letters (replayable once the cause is fixed).
+PROJECT_CODES = {"UniqueFieldsLimitExceeded": FailureKind.UNIQUE_FIELDS_LIMIT}
+# About the key (its permissions): configuration, so the sync pauses as for a 401.
+KEY_CODES = frozenset(
+    {
+        "BadApiKey",
+        "BadAuthorizationHeader",
+        "Unauthorized",
+        "Forbidden",
+        "ForbiddenParamsError",
+        "InvalidJwtPayload",
+        "JwtUserIdentifiersMismatched",
+    }
+)
+# About Iterable's state for now: retried like a 5xx.
+PASSING_CODES = frozenset({"RateLimitExceeded", "DatabaseError", "GenericError", "QueueEmailError"})
+# updateEmail's answers about its one item, by code.
+_SINGLE_DEAD = {
+    "EmailAlreadyExists": FailureKind.IDENTITY_CONFLICT,
+    "UserIdAlreadyExists": FailureKind.IDENTITY_CONFLICT,
+    "ExternalKeyConflict": FailureKind.IDENTITY_CONFLICT,
+    "ForgottenUserError": FailureKind.FORGOTTEN_USER,
+    "InvalidEmailAddressError": FailureKind.INVALID_IDENTITY,
+    "InvalidUserIdError": FailureKind.INVALID_IDENTITY,
+}
+_SINGLE_NOT_FOUND = frozenset({"UnknownEmailError", "UnknownUserIdError", "NotFound"})
+
+
+def _request_level(status: int, error: ErrorResponse, why: str, count: int) -> Outcome | None:
+    """The outcome of an error whose code is about the project, the key or a passing
+    state (never bisected), or None when it may be about an item."""
+    code = error.code or ""
+    kind = PROJECT_CODES.get(code)
+    if kind is not None:
+        failure = Failure(kind, why)
+        return Outcome(dead=[(i, failure) for i in range(count)], summary=why)
+    if code in KEY_CODES:
+        return Outcome(auth_failure=why, summary=why)
+    if code in PASSING_CODES:
+        return Outcome(retry=list(range(count)), transient=True, summary=why)
+    return None
+
+
+def _read_single(status: int, body: bytes) -> Outcome:
+    """users/updateEmail's answer (IterableApiResponse) about its one item."""
+    error = read_error(body)
+    why = describe(status, body, error)
+    code = error.code or ""
+    if 200 <= status < 300:
+        if not isinstance(decode_json(body), dict):
+            # As for the bulk endpoints: a 2xx that is not Iterable's answer proves nothing.
+            return Outcome(retry=[0], transient=True, summary=f"{why} without Iterable's JSON")
+        if code in ("", "Success"):
+            return Outcome(delivered=[0], summary=why)
+    if code in _SINGLE_NOT_FOUND:
+        return Outcome(not_found=[0], summary=why)
+    kind = _SINGLE_DEAD.get(code)
+    if kind is not None:
+        return Outcome(dead=[(0, Failure(kind, why))], summary=why)
+    if status == 404 and not code:
+        # No Iterable code: a wrong base_url or proxy, as for the bulk endpoints.
+        why += " (check base_url / region)"
+        return Outcome(auth_failure=why, summary=why)
+    level = _request_level(status, error, why, 1)
+    if level is not None:
+        return level
+    kind = FailureKind.IDENTITY_CONFLICT if status == 409 else FailureKind.BAD_REQUEST
+    return Outcome(dead=[(0, Failure(kind, why))], summary=why)
+
 
 def _read_rejection(endpoint: Endpoint, status: int, body: bytes, items: Sequence[Item]) -> Outcome:
     """A 400 (BadJsonBody, RequestFieldsTypesMismatched, ...) or 409 (identity conflict).
 
     Iterable refuses the WHOLE bulk request for one bad item. When the error names items
     (`params` like {"obj.events[1].createdAt": ...}), only those are dead and the others
-    go again at once; otherwise the sender bisects to find the bad one.
+    go again at once; otherwise the sender bisects to find the bad one, but only when the
+    code may be about one item: a code about the project (UniqueFieldsLimitExceeded) or
+    the key never bisects, as every half would get the same answer.
     """
     error = read_error(body)
     why = describe(status, body, error)
-    failure = Failure(FailureKind.BAD_REQUEST, why)
     count = len(items)
+    level = _request_level(status, error, why, count)
+    if level is not None:
+        return level
+    failure = Failure(FailureKind.BAD_REQUEST, why)
     named = named_indexes(error, endpoint, count)
     if named:
         # Iterable names one item per answer; its siblings with the same field type
@@ -250,14 +349,17 @@ def same_type_siblings(error: ErrorResponse, endpoint: Endpoint, items: Sequence
     for text in _texts(error.params):
         for match in pattern.finditer(text):
             index, field = int(match.group(1)), match.group(2)
-            if index < len(items):
-                fields = items[index].dataFields or {}
+            named = items[index] if index < len(items) else None
+            if named is not None and not isinstance(named, UpdateEmail):
+                fields = named.dataFields or {}
                 if field in fields:
-                    kinds.add((_kind_owner(items[index]), field, _json_kind(fields[field])))
+                    kinds.add((_kind_owner(named), field, _json_kind(fields[field])))
     if not kinds:
         return set()
     siblings = set()
     for index, item in enumerate(items):
+        if isinstance(item, UpdateEmail):
+            continue
         fields = item.dataFields or {}
         owner = _kind_owner(item)
         for kind_owner, field, kind in kinds:
@@ -327,7 +429,7 @@ def _read_success(
         summary += f"; body: {excerpt})" if excerpt else "; empty body)"
         return Outcome(retry=list(range(count)), transient=True, summary=summary)
     response = read_bulk_response(raw)
-    lists = failure_lists(response, raw)
+    lists = failure_lists(response, raw, track=endpoint is Endpoint.TRACK_BULK)
     fates, foreign = _match(endpoint, lists, items)
     failed = sum(1 for fate, _ in fates.values() if fate != "ignore")
     ignored = len(fates) - failed
@@ -373,6 +475,8 @@ def _read_success(
             outcome.dead.append((index, list_failure(fate[1])))
         elif fate[0] == "retry":
             outcome.retry.append(index)
+        elif fate[0] == "not_found":
+            outcome.not_found.append(index)
         else:
             outcome.delivered.append(index)
     return outcome
@@ -395,6 +499,8 @@ def _match(
     by_user_id: dict[str, list[int]] = {}
     by_event_name: dict[str, list[int]] = {}
     for index, item in enumerate(items):
+        if isinstance(item, UpdateEmail):
+            continue  # answered on its own (_read_single), never in failure lists
         if item.email:
             by_email.setdefault(item.email.strip().lower(), []).append(index)
         if item.userId:
@@ -404,7 +510,7 @@ def _match(
     stripped_user_ids: dict[str, list[int]] | None = None
 
     fates: dict[int, tuple[Fate, str]] = {}
-    rank: dict[Fate, int] = {"dead": 2, "retry": 1, "ignore": 0}
+    rank: dict[Fate, int] = {"dead": 3, "not_found": 2, "retry": 1, "ignore": 0}
     for name, values in lists.items():
         fate = classify_list(name, endpoint)
         kind = identity_kind(name)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 
@@ -37,6 +36,15 @@ class Attempt:
 
     outcome: Outcome
     reason: str
+
+
+@dataclass(slots=True, eq=False)
+class Chunk:
+    """Part of a batch still to send: when it may go, how many halvings deep, its items."""
+
+    ready_at: float
+    depth: int
+    items: list[Queued]
 
 
 @dataclass(eq=False)
@@ -90,16 +98,27 @@ class Sender:
         users' batches can use it.
         """
         back: list[Queued] = []
-        work: deque[list[Queued]] = deque([batch])
+        work = [Chunk(0.0, 0, batch)]
         # Item-level failures (the answer's per-item "retry") of the items in this call.
         item_failures: dict[int, int] = {}
+        budget = self.policy.bisect_budget(len(batch))
         first = True
         while work:
             if not first and self.pause.reason is not None:
                 for rest in work:
-                    back.extend(rest)
+                    back.extend(rest.items)
                 break
-            items = work.popleft()
+            chunk = min(work, key=lambda c: c.ready_at)
+            wait = chunk.ready_at - time.monotonic()
+            if wait > 0:
+                slot.release()
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    await slot.acquire()
+                continue
+            work.remove(chunk)
+            items = chunk.items
             if not first:
                 stamp = await self.rate.acquire(self.sync.api_key, endpoint)
             first = False
@@ -113,40 +132,77 @@ class Sender:
                 self.pause.failed(attempt.reason)
             else:
                 self.pause.answered()
-            self._apply(endpoint, items, outcome, work)
+            budget = self._apply(endpoint, chunk, outcome, work, budget)
+            later = self._not_found(endpoint, [items[i] for i in outcome.not_found], attempt)
             retry = self._count_failed_attempt(
                 endpoint, [items[i] for i in outcome.retry], outcome, attempt.reason, item_failures
             )
-            if not retry:
-                continue
-            if self.pause.reason is not None:
-                back.extend(retry)  # the probes take over from here
-                continue
-            delay = self.policy.next_delay(
-                max(q.attempts for q in retry), outcome.retry_after, self._rng
-            )
-            slot.release()
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                await slot.acquire()
-            work.append(retry)
+            for again, delay in ((later, self._not_found_delay(later)), (retry, None)):
+                if not again:
+                    continue
+                if self.pause.reason is not None:
+                    back.extend(again)  # the probes take over from here
+                    continue
+                if delay is None:
+                    delay = self.policy.next_delay(
+                        max(q.attempts for q in again), outcome.retry_after, self._rng
+                    )
+                work.append(Chunk(time.monotonic() + delay, chunk.depth, again))
         if len(back) > 1:
             order = {id(queued): n for n, queued in enumerate(batch)}
             back.sort(key=lambda queued: order[id(queued)])
         return back
 
     def _apply(
-        self, endpoint: Endpoint, items: list[Queued], outcome: Outcome, work: deque[list[Queued]]
-    ) -> None:
+        self, endpoint: Endpoint, chunk: Chunk, outcome: Outcome, work: list[Chunk], budget: int
+    ) -> int:
+        """Settle what the answer settles, queue resends and halves; the budget left."""
+        items = chunk.items
         self.settlement.delivered(endpoint, [items[i] for i in outcome.delivered])
         self.settlement.dead([(items[i], failure) for i, failure in outcome.dead])
         if outcome.resend:
-            work.append([items[i] for i in outcome.resend])
+            work.append(Chunk(0.0, chunk.depth, [items[i] for i in outcome.resend]))
         if outcome.split:  # the outcome splits only batches of two or more
-            half = len(items) // 2
-            work.append(items[:half])
-            work.append(items[half:])
+            if chunk.depth < self.policy.max_bisect_depth and budget >= 2:
+                half = len(items) // 2
+                work.append(Chunk(0.0, chunk.depth + 1, items[:half]))
+                work.append(Chunk(0.0, chunk.depth + 1, items[half:]))
+                return budget - 2
+            # Past the bisect budget: Iterable refuses every part we try, so the cause is
+            # not one item we can find; dead letters keep them for a replay.
+            why = f"{outcome.summary} (not bisected further: {len(items)} items, depth "
+            why += f"{chunk.depth}, bisect budget {'spent' if budget < 2 else 'left'})"
+            failure = Failure(FailureKind.BAD_REQUEST, why)
+            self.settlement.dead([(queued, failure) for queued in items])
+        return budget
+
+    def _not_found(self, endpoint: Endpoint, items: list[Queued], attempt: Attempt) -> list[Queued]:
+        """Items whose user Iterable does not see: dead letters once they have been
+        answered so for not_found_retry_seconds; the ones to try again."""
+        if not items:
+            return items
+        now = time.monotonic()
+        dead: list[tuple[Queued, Failure]] = []
+        keep: list[Queued] = []
+        for queued in items:
+            queued.attempts += 1
+            queued.not_found_tries += 1
+            if queued.not_found_since is None:
+                queued.not_found_since = now
+            if self.policy.not_found_expired(queued.not_found_since, now):
+                waited = now - queued.not_found_since
+                detail = f"user not found for {waited:.0f} s ({attempt.reason})"
+                dead.append((queued, Failure(FailureKind.USER_NOT_FOUND, detail)))
+            else:
+                keep.append(queued)
+        self.stats.retries[endpoint.value] += len(keep)
+        self.settlement.dead(dead)
+        return keep
+
+    def _not_found_delay(self, items: list[Queued]) -> float | None:
+        if not items:
+            return None
+        return self.policy.not_found_delay(max(q.not_found_tries for q in items), self._rng)
 
     def _count_failed_attempt(
         self,

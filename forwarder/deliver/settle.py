@@ -43,7 +43,7 @@ class Settlement:
     def delivered(self, endpoint: Endpoint, items: Sequence[Queued]) -> None:
         if not items:
             return
-        self.stats.delivered[endpoint.value] += len(items)
+        self.stats.delivered[endpoint.value] += sum(len(q.originals) for q in items)
         self.stats.last_success_at = time.time()
         self._settled(items, delivered=True)
 
@@ -96,10 +96,11 @@ class Settlement:
             self._retry = None
 
     def _settled(self, items: Sequence[Queued], delivered: bool) -> None:
-        count = len(items)
+        originals = [original for queued in items for original in queued.originals]
+        count = len(originals)
         self.stats.recent.append(
             (time.time(), count if delivered else 0, 0 if delivered else count)
         )
-        for queued in items:
+        for queued in originals:
             if queued.seq is not None:
                 self.acknowledge(queued.seq, 1)

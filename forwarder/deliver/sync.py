@@ -82,7 +82,7 @@ class SyncDelivery:
         """
         if encoded is None:
             encoded = _encoder.encode(item)
-        queued = Queued(identity_of(item), endpoint, item, encoded, seq=seq)
+        queued = Queued(identity_of(item, self.sync.project_type), endpoint, item, encoded, seq=seq)
         budget = self.caps[endpoint].item_budget(endpoint)
         if len(encoded) > budget:
             # It could never be sent: say so now rather than block its user's lane.
@@ -153,7 +153,9 @@ class SyncDelivery:
         finally:
             self.stats.in_flight -= 1
             slot.release()
-            self.lanes.settle({q.user for q in batch}, back)
+            returned = {id(q) for q in back}
+            gone = [q for q in batch if id(q) not in returned]
+            self.lanes.settle({q.user for q in batch}, back, gone)
             for batcher in self._batchers.values():
                 batcher.wake.set()
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import operator
 import re
 import time
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
+from hashlib import blake2b
+from itertools import compress
 from typing import Any
 
 import msgspec
@@ -19,6 +22,9 @@ DEFAULT_MIN_ID_LENGTH = 5
 # Amplitude refuses these as ids: SDK placeholders that would merge unrelated users.
 INVALID_ID_VALUES = frozenset(
     {
+        "anonymous",
+        "n/a",
+        "na",
         "null",
         "undefined",
         "unknown",
@@ -32,6 +38,10 @@ INVALID_ID_VALUES = frozenset(
         "{}",
     }
 )
+# Amplitude keeps strings up to 1024 characters (its SDKs cut them before sending) and
+# refuses property objects nested deeper than 40 levels.
+MAX_STRING_LENGTH = 1024
+MAX_DEPTH = 40
 
 
 class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -46,6 +56,10 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
     groups: dict[str, Any] | None = None
     group_properties: dict[str, Any] | None = None
     insert_id: str | None = None
+    # True: the event's user properties (top-level ones too) leave the profile as it is.
+    skip_user_properties_sync: bool | None = msgspec.field(
+        default=None, name="$skip_user_properties_sync"
+    )
     # The app and device, which Amplitude also keeps as user properties.
     app_version: str | None = None
     platform: str | None = None
@@ -94,6 +108,24 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 # Event field names, for property paths that name a top-level field.
 EVENT_FIELDS = frozenset(Event.__struct_fields__)
+# Top-level fields Amplitude keeps as user properties of the same name: an event that
+# carries one sets it on the user's profile (so `user_properties.city` resolves).
+USER_PROPERTY_FIELDS = (
+    "app_version",
+    "platform",
+    "os_name",
+    "os_version",
+    "device_brand",
+    "device_manufacturer",
+    "device_model",
+    "carrier",
+    "country",
+    "region",
+    "city",
+    "dma",
+    "language",
+)
+user_property_fields = operator.attrgetter(*USER_PROPERTY_FIELDS)
 
 
 class UploadOptions(msgspec.Struct, kw_only=True):
@@ -130,7 +162,7 @@ class IdentifyRecord(Event, omit_defaults=True, kw_only=True):
     `$identify` event), plus two that only identify calls carry.
     """
 
-    paying: str | None = None
+    paying: str | bool | None = None
     start_version: str | None = None
 
 
@@ -263,8 +295,47 @@ def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> lis
                 events_with_invalid_fields={"options.min_id_length": []},
             )
         min_id_length = request.options.min_id_length
+    if may_hold_long_strings(body):
+        for event in events:
+            cut_long_strings(event)
     check_events(events, min_id_length)
     return events
+
+
+# A string longer than MAX_STRING_LENGTH characters is a quote and then more than that
+# many bytes with no quote, unless it holds an escaped one: bodies with neither hold no
+# such string, and the walk that cuts them is skipped (the common case, found at C speed).
+_LONG_RUN = re.compile(b'"[^"]{%d}' % (MAX_STRING_LENGTH + 1))
+
+
+def may_hold_long_strings(body: bytes) -> bool:
+    if b"\\" in body and b'\\"' in body:
+        return True
+    return _LONG_RUN.search(body) is not None
+
+
+def cut_long_strings(event: Event) -> None:
+    """Cut every string of the event (field, property value, list element) to
+    MAX_STRING_LENGTH characters in place, as Amplitude and its SDKs do."""
+    for name in Event.__struct_fields__:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_LENGTH:
+                setattr(event, name, value[:MAX_STRING_LENGTH])
+        elif isinstance(value, (dict, list)):
+            _cut_nested(value)
+
+
+def _cut_nested(value: dict[str, Any] | list[Any]) -> None:
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(item, str):
+            if len(item) > MAX_STRING_LENGTH:
+                value[key] = item[:MAX_STRING_LENGTH]  # type: ignore[index]
+        elif isinstance(item, (dict, list)):
+            _cut_nested(item)
 
 
 # Bodies are checked for UTF-8 a slice at a time, so the check holds no copy of the body.
@@ -360,26 +431,37 @@ def check_events(events: list[Event], min_id_length: int = DEFAULT_MIN_ID_LENGTH
     missing: dict[str, list[int]] = {}
     invalid: dict[str, list[int]] = {}
     short_ids: dict[str, list[int]] = {}
+    too_deep: dict[str, list[int]] = {}
     for index, event in enumerate(events):
         if not event.event_type:
             missing.setdefault("event_type", []).append(index)
-        if not event.user_id and not event.device_id:
-            missing.setdefault("user_id or device_id", []).append(index)
-        for name, value in (("user_id", event.user_id), ("device_id", event.device_id)):
-            if not value:
-                continue
-            if value.lower() in INVALID_ID_VALUES:
-                invalid.setdefault(name, []).append(index)
-            elif len(value) < min_id_length:
-                short_ids.setdefault(name, []).append(index)
+        # A group identify changes a group, never a user: the SDKs send it without ids.
+        if event.event_type != GROUP_IDENTIFY_EVENT:
+            if not event.user_id and not event.device_id:
+                missing.setdefault("user_id or device_id", []).append(index)
+            for name, value in (("user_id", event.user_id), ("device_id", event.device_id)):
+                if not value:
+                    continue
+                if value.lower() in INVALID_ID_VALUES:
+                    invalid.setdefault(name, []).append(index)
+                elif len(value) < min_id_length:
+                    short_ids.setdefault(name, []).append(index)
         if event.time is not None and event.time < 0:
             invalid.setdefault("time", []).append(index)
-    if missing or invalid or short_ids:
+        for name in _NESTED_FIELDS:
+            nested = getattr(event, name)
+            if nested and _deeper_than(nested, MAX_DEPTH):
+                too_deep.setdefault(name, []).append(index)
+    if missing or invalid or short_ids or too_deep:
         parts = []
         if missing:
             parts.append("missing fields")
         if invalid:
             parts.append("invalid fields")
+        if too_deep:
+            parts.append(f"objects nested deeper than {MAX_DEPTH} levels")
+            for name, indexes in too_deep.items():  # named as invalid fields, as Amplitude does
+                invalid.setdefault(name, []).extend(indexes)
         if short_ids:
             parts.append(f"ids shorter than {min_id_length}")
         raise bad_request(
@@ -389,6 +471,27 @@ def check_events(events: list[Event], min_id_length: int = DEFAULT_MIN_ID_LENGTH
             events_with_invalid_fields=invalid or None,
             events_with_invalid_id_lengths=short_ids or None,
         )
+
+
+# The fields that hold objects of the client's making, where the depth rule applies.
+_NESTED_FIELDS = ("event_properties", "user_properties", "groups", "group_properties")
+
+
+_CONTAINERS = frozenset({dict, list})
+
+
+def _deeper_than(value: dict[str, Any] | list[Any], levels: int) -> bool:
+    """Whether `value` nests more than `levels` objects or arrays (itself the first)."""
+    if levels <= 0:
+        return True
+    children = value.values() if value.__class__ is dict else value
+    # Most properties hold no object or array: found in C, with no Python loop.
+    if _CONTAINERS.isdisjoint(map(type, children)):
+        return False
+    for child in children:
+        if (child.__class__ is dict or child.__class__ is list) and _deeper_than(child, levels - 1):
+            return True
+    return False
 
 
 def decode_identify(
@@ -403,11 +506,11 @@ def decode_identify(
     try:
         decoded = _identify_decoder.decode(identification)
     except msgspec.ValidationError as error:
-        field, message = _field_of(error)
+        field, index, message = _identification_field_of(error)
         raise bad_request(
             FailureKind.INVALID_EVENTS,
             f"Invalid identification: {message}",
-            events_with_invalid_fields={field: []},
+            events_with_invalid_fields={field: index},
         ) from None
     except (msgspec.DecodeError, RecursionError) as error:
         raise _malformed("Invalid identification JSON", error) from None
@@ -427,8 +530,19 @@ def decode_identify(
             events_with_invalid_fields={"user_properties": mixed},
         )
     events = [identify_event(record) for record in records]
+    for event in events:
+        cut_long_strings(event)
     check_events(events)
     return events
+
+
+def _identification_field_of(error: msgspec.ValidationError) -> tuple[str, list[int], str]:
+    """The field a decode error names, and the record's index in an array of them."""
+    field, message = _field_of(error)
+    match = re.search(r" - at `\$\[(\d+)\]\.?([^.\[`]*)", str(error))
+    if match is None:
+        return field, [], message
+    return match.group(2) or "identification", [int(match.group(1))], message
 
 
 def _mixes_operations(properties: dict[str, Any]) -> bool:
@@ -438,6 +552,63 @@ def _mixes_operations(properties: dict[str, Any]) -> bool:
 
 
 def identify_event(record: IdentifyRecord) -> Event:
+    """The `$identify` event of one Identify API record. Its `paying` and `start_version`
+    become user properties of those names: `paying` set, `start_version` set once (the
+    version the user started on)."""
     fields = {name: getattr(record, name) for name in EVENT_FIELDS}
     fields["event_type"] = IDENTIFY_EVENT
+    update = record.user_properties
+    if record.paying is not None:
+        update = with_operation(update, "$set", {"paying": record.paying})
+    if record.start_version is not None:
+        update = with_operation(update, "$setOnce", {"start_version": record.start_version})
+    fields["user_properties"] = update
     return Event(**{k: v for k, v in fields.items() if v is not None})
+
+
+def with_operation(
+    update: Mapping[str, Any] | None, operation: str, values: dict[str, Any]
+) -> dict[str, Any]:
+    """A `user_properties` update with `values` added under `operation`; the update's own
+    values for the same keys win (they are the more specific)."""
+    merged = dict(update) if update else {}
+    own = merged.get(operation)
+    merged[operation] = {**values, **own} if isinstance(own, Mapping) else values
+    return merged
+
+
+def profile_update(event: Event, profile: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """What an event does to its user's profile, as one `user_properties` update: its
+    user_properties, plus its top-level user-property fields (`city`, `platform`, ...) as
+    `$set` where they differ from `profile`. None when `$skip_user_properties_sync` is
+    true (Amplitude then leaves the user's properties as they are) or nothing applies."""
+    if event.skip_user_properties_sync:
+        return None
+    explicit = event.user_properties
+    # After a removal ($clearAll, $unset) a field is set even if the profile has it: the
+    # removal runs first. Otherwise a field equal to the profile's is no change.
+    every = explicit is not None and ("$clearAll" in explicit or "$unset" in explicit)
+    fields: dict[str, Any] | None = None
+    values = user_property_fields(event)
+    # Only the fields the event has (not None, not ""), picked in C.
+    for name, value in compress(zip(USER_PROPERTY_FIELDS, values, strict=True), values):
+        if every or profile.get(name) != value:
+            if fields is None:
+                fields = {}
+            fields[name] = value
+    if fields is None:
+        return explicit
+    return with_operation(explicit, "$set", fields)
+
+
+def dedupe_key(event: Event) -> bytes | None:
+    """The key Amplitude dedupes an event by: its insert_id per device (per user when it
+    has no device_id); None without insert_id. A fixed 16 bytes however long the ids."""
+    insert_id = event.insert_id
+    if not insert_id:
+        return None
+    return blake2b(_pack((event.device_id or event.user_id, insert_id)), digest_size=16).digest()
+
+
+# An unambiguous encoding of a few strings, for hashing: ("ab", "c") and ("a", "bc") differ.
+_pack = msgspec.msgpack.Encoder().encode

@@ -15,12 +15,16 @@ from forwarder.config import ServerConfig
 from forwarder.errors import FailureKind, StorageUnavailable
 from forwarder.ingest import amplitude
 from forwarder.ingest.amplitude import ErrorBody, Event, RejectedRequest
-from forwarder.ingest.forms import parse_form
+from forwarder.ingest.cors import CorsPolicy, cors_middleware
+from forwarder.ingest.forms import parse_form, parse_multipart
 
 log = logging.getLogger("forwarder.server")
 
 _encoder = msgspec.json.Encoder()
 JSON_TYPES = frozenset({"application/json", "text/json"})
+# navigator.sendBeacon (the Browser SDK's 'beacon' transport) posts a JSON string as
+# text/plain: a type that needs no CORS preflight, which a page being closed can't wait for.
+UPLOAD_TYPES = JSON_TYPES | {"text/plain"}
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -161,7 +165,7 @@ async def _ingest(
 
 async def upload(request: web.Request) -> web.Response:
     """POST /2/httpapi and POST /batch."""
-    return await _ingest(request, JSON_TYPES, "application/json", _decode_upload, _uploaded)
+    return await _ingest(request, UPLOAD_TYPES, "application/json", _decode_upload, _uploaded)
 
 
 def _decode_upload(request: web.Request, state: IngestState, body: bytes) -> list[Event]:
@@ -173,14 +177,31 @@ def _uploaded(events: list[Event], body: bytes) -> web.Response:
 
 
 async def identify(request: web.Request) -> web.Response:
-    """POST /identify: form fields api_key and identification (an object or an array)."""
+    """POST /identify (a url-encoded or multipart form) and GET /identify (the same fields
+    in the query string), as Amplitude's Identify API takes them: api_key and
+    identification (an object or an array)."""
+    if request.method == "GET":
+        # A GET has no body, so whatever type it names is no reason to refuse it.
+        any_type = frozenset({request.content_type})
+        return await _ingest(request, any_type, "", _decode_identify_query, _identified)
     return await _ingest(
-        request, FORM_TYPES, "application/x-www-form-urlencoded", _decode_identify, _identified
+        request,
+        FORM_TYPES,
+        "application/x-www-form-urlencoded or multipart/form-data",
+        _decode_identify,
+        _identified,
     )
 
 
 def _decode_identify(request: web.Request, state: IngestState, body: bytes) -> list[Event]:
-    form = _parse_form(request, body)
+    return _decode_identify_form(_parse_form(request, body), state)
+
+
+def _decode_identify_query(request: web.Request, state: IngestState, body: bytes) -> list[Event]:
+    return _decode_identify_form(parse_form(request.rel_url.raw_query_string.encode()), state)
+
+
+def _decode_identify_form(form: dict[str, str], state: IngestState) -> list[Event]:
     return amplitude.decode_identify(
         form.get("api_key"), form.get("identification"), state.api_keys, state.max_events
     )
@@ -191,11 +212,9 @@ def _identified(events: list[Event], body: bytes) -> web.Response:
 
 
 def _parse_form(request: web.Request, body: bytes) -> dict[str, str]:
-    """Decode a url-encoded form strictly: bad bytes are a 400, not a crash."""
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise amplitude.bad_request(
-            FailureKind.MALFORMED, "multipart forms are not supported: send url-encoded fields"
-        )
+    """Decode a url-encoded or multipart form strictly: bad bytes are a 400, not a crash."""
+    if request.content_type == "multipart/form-data":
+        return parse_multipart(body, request.headers.get("Content-Type", ""))
     return parse_form(body)
 
 
@@ -235,11 +254,15 @@ def build_app(
     server: ServerConfig, sink: EventSink, storage_fault: Callable[[], str | None] = _writable
 ) -> web.Application:
     # aiohttp's own cap is a backstop: _read_body enforces the configured one with a 413.
-    app = web.Application(middlewares=[amplitude_errors], client_max_size=server.max_body_bytes + 1)
+    cors = cors_middleware(CorsPolicy.from_config(server.allowed_origins))
+    app = web.Application(
+        middlewares=[cors, amplitude_errors], client_max_size=server.max_body_bytes + 1
+    )
     app[STATE_KEY] = IngestState(server, sink, storage_fault)
     app.router.add_post("/2/httpapi", upload)
     app.router.add_post("/batch", upload)
     app.router.add_post("/identify", identify)
+    app.router.add_get("/identify", identify, allow_head=False)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

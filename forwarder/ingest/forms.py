@@ -1,7 +1,8 @@
-"""The Identify API's url-encoded form, parsed strictly and in bounded memory."""
+"""The Identify API's forms (url-encoded and multipart), parsed strictly and in bounded memory."""
 
 from __future__ import annotations
 
+from email.message import Message
 from urllib.parse import unquote_to_bytes
 
 from forwarder.errors import FailureKind
@@ -51,3 +52,51 @@ def _unquote(raw: bytes) -> str:
         decoded += unquote_to_bytes(raw[start:end])
         start = end
     return decoded.decode("utf-8")
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, str]:
+    """A multipart/form-data body's fields (RFC 7578), strictly: a part without a name, a
+    missing close delimiter or bad UTF-8 is a 400. `content_type` is the whole header."""
+    boundary = _param(content_type, "content-type", "boundary")
+    if not boundary:
+        raise bad_request(FailureKind.MALFORMED, "Invalid multipart body: no boundary")
+    delimiter = b"\r\n--" + boundary.encode("utf-8", "replace")
+    # Counted on the bytes before any part is split out, as for url-encoded forms.
+    if body.count(delimiter[2:]) > MAX_FORM_FIELDS:
+        raise bad_request(
+            FailureKind.MALFORMED, f"Invalid multipart body: more than {MAX_FORM_FIELDS} fields"
+        )
+    parts = (b"\r\n" + body).split(delimiter)
+    # parts[0] is the preamble; the last must begin the close delimiter's "--".
+    if len(parts) < 2 or not parts[-1].startswith(b"--"):
+        raise bad_request(FailureKind.MALFORMED, "Invalid multipart body: no close delimiter")
+    fields: dict[str, str] = {}
+    for part in parts[1:-1]:
+        head, blank, content = part.partition(b"\r\n\r\n")
+        if not blank:
+            raise bad_request(
+                FailureKind.MALFORMED, "Invalid multipart body: a part has no headers"
+            )
+        name = None
+        # The first line is the rest of the delimiter's line (transport padding).
+        for line in head.split(b"\r\n")[1:]:
+            key, colon, value = line.partition(b":")
+            if colon and key.strip().lower() == b"content-disposition":
+                name = _param(value.decode("latin-1"), "content-disposition", "name")
+        if not name:
+            raise bad_request(FailureKind.MALFORMED, "Invalid multipart body: a part has no name")
+        try:
+            fields[name] = content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise bad_request(
+                FailureKind.MALFORMED, f"Invalid multipart body: invalid UTF-8 ({error.reason})"
+            ) from None
+    return fields
+
+
+def _param(value: str, header: str, name: str) -> str | None:
+    """A parameter of a header value (quoted or not), as the email package reads it."""
+    message = Message()
+    message[header] = value
+    found = message.get_param(name, header=header)
+    return found if isinstance(found, str) else None

@@ -13,13 +13,22 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import AbstractSet as Set
+from typing import Any
 
 import msgspec
 
-from forwarder.config import SyncConfig
-from forwarder.ingest.amplitude import Event
-from forwarder.ingest.route import CompiledSync, SkipReason, compile_sync, route_event, route_user
+from forwarder.config import StorageConfig, SyncConfig
+from forwarder.ingest.amplitude import GROUP_IDENTIFY_EVENT, Event, dedupe_key, profile_update
+from forwarder.ingest.route import (
+    CompiledSync,
+    SkipReason,
+    compile_sync,
+    identity_update,
+    route_event,
+    route_user,
+)
 from forwarder.iterable import Endpoint, Item
+from forwarder.store.dedupe import MemorySeenInserts, SeenInserts
 from forwarder.store.profile_ops import apply_user_properties
 from forwarder.store.profiles import Profile, ProfileStore
 from forwarder.store.records import ProfilePatch, Record
@@ -31,6 +40,7 @@ _encode_profile = msgspec.msgpack.Encoder().encode
 Durable = asyncio.Future[int]
 _TRACK_BULK = Endpoint.TRACK_BULK
 _BULK_UPDATE = Endpoint.BULK_UPDATE
+_UPDATE_EMAIL = Endpoint.UPDATE_EMAIL
 _NO_IDENTITY = SkipReason.NO_IDENTITY
 
 # One routed item: (index of its sync, endpoint, item, the item's JSON as sent).
@@ -44,6 +54,10 @@ class RouteStats:
     events_routed: int = 0
     users_routed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    # Email changes routed to users/updateEmail.
+    email_changes_routed: int = 0
+    # Mapped values left out of an item that was sent ("campaignId": not a positive int).
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -59,8 +73,13 @@ class Intaken:
     touched: dict[str, Profile] = field(default_factory=dict)
     # The property names each of those users had changed, for the record's patches.
     changed: dict[str, set[str]] = field(default_factory=dict)
-    # Records not yet durable whose profiles this request read: it builds on them.
+    # Records not yet durable whose profiles (or insert_ids) this request read: it builds
+    # on them.
     read_from: set[Durable] = field(default_factory=set)
+    # The insert_id dedupe keys this request used first, seen once its record is durable.
+    seen: set[bytes] = field(default_factory=set)
+    # The request's time (Unix seconds): when those keys were seen.
+    now: int = 0
 
 
 @dataclass
@@ -79,9 +98,19 @@ class Intake:
     """
 
     def __init__(
-        self, syncs: Sequence[SyncConfig], profiles: ProfileStore, max_profile_bytes: int
+        self,
+        syncs: Sequence[SyncConfig],
+        profiles: ProfileStore,
+        max_profile_bytes: int,
+        seen: SeenInserts | None = None,
     ) -> None:
         self.profiles = profiles
+        if seen is None:
+            defaults = StorageConfig()
+            seen = MemorySeenInserts(defaults.dedupe_max_entries, defaults.dedupe_window_seconds)
+        self.seen = seen
+        # Dedupe keys of records not yet durable, as `_pending` holds their profiles.
+        self._pending_seen: dict[bytes, Durable] = {}
         self.max_profile_bytes = max_profile_bytes
         self.stats = [RouteStats() for _ in syncs]
         self.totals = IntakeStats()
@@ -90,6 +119,8 @@ class Intake:
             for index, (sync, stats) in enumerate(zip(syncs, self.stats, strict=True))
         ]
         self._encode = msgspec.json.Encoder().encode
+        # Each sync's profile property holding what Iterable was told (route.TOLD_PREFIX).
+        self._told_keys = tuple(compiled.told_key for _, compiled, _ in self._routes)
         self._pending: dict[str, tuple[Profile, Durable]] = {}
         # Distinct events without insert_id must get distinct Iterable ids, even when they
         # are byte-identical: each request gets a salt unique to this process's life.
@@ -100,11 +131,12 @@ class Intake:
         """Make the profiles of these events' users ready, so `process` does no I/O."""
         users = {event.amplitude_user for event in events}
         users.update(event.device_id for event in events if event.device_id)
+        users.discard("")  # a $groupidentify's: it has no user
         await self.profiles.load(users)
 
     def process(self, events: Iterable[Event], now: int) -> Intaken:
         """Route loaded events in order; `now` (Unix seconds) dates events without a time."""
-        intaken = Intaken()
+        intaken = Intaken(now=now)
         salt = self._boot + next(self._requests).to_bytes(8, "little")
         for index, event in enumerate(events):
             # The salt is only hashed for an event without insert_id: build it only then.
@@ -118,6 +150,8 @@ class Intake:
         """The request's record is appended: later requests see its profiles."""
         for user, profile in intaken.touched.items():
             self._pending[user] = (profile, durable)
+        for key in intaken.seen:
+            self._pending_seen[key] = durable
 
     def commit(self, intaken: Intaken, durable: Durable | None = None) -> None:
         """The record is durable (or was never staged): its profiles go to the store."""
@@ -127,6 +161,13 @@ class Intake:
             staged = pending.get(user)
             if staged is not None and staged[1] is durable:
                 del pending[user]
+        if intaken.seen:
+            self.seen.add(intaken.seen, intaken.now)
+            pending_seen = self._pending_seen
+            if durable is not None:
+                for key in intaken.seen:
+                    if pending_seen.get(key) is durable:
+                        del pending_seen[key]
 
     def builds_on_failure(self, intaken: Intaken) -> bool:
         """True when a record this request read profiles from has failed; then the
@@ -137,13 +178,18 @@ class Intake:
         return True
 
     def forget_failed(self) -> None:
-        """Forget the pending profiles of records that failed."""
+        """Forget the pending profiles (and dedupe keys) of records that failed."""
         failed = [user for user, (_, durable) in self._pending.items() if _failed(durable)]
         for user in failed:
             del self._pending[user]
+        unseen = [key for key, durable in self._pending_seen.items() if _failed(durable)]
+        for key in unseen:
+            del self._pending_seen[key]
 
     async def restore(self, record: Record) -> None:
-        """Put profiles back as a replayed record left them."""
+        """Put profiles and seen insert_ids back as a replayed record left them."""
+        if record.seen:
+            self.seen.add(record.seen, record.seen_at)
         store = self.profiles
         await store.load([user for user, _ in record.profiles] + [p.user for p in record.patches])
         for user, properties in record.profiles:  # full states, from older records
@@ -168,23 +214,52 @@ class Intake:
             return staged[0], False
         return self.profiles.get(user), self.profiles.is_new(user)
 
+    def _repeated(self, event: Event, now: int, intaken: Intaken) -> bool:
+        """Whether the event repeats an insert_id accepted within the dedupe window (or
+        earlier in this request); else its key is this request's to record."""
+        key = dedupe_key(event)
+        if key is None:
+            return False
+        if key in intaken.seen:
+            return True
+        staged = self._pending_seen.get(key)
+        if staged is not None:
+            intaken.read_from.add(staged)  # a repeat only if that record is kept
+            return True
+        if self.seen.seen(key, now):
+            return True
+        intaken.seen.add(key)
+        return False
+
+    def _skip(self, reason: str) -> None:
+        for _, _, stats in self._routes:
+            stats.skipped[reason] += 1
+
     def _process(self, event: Event, now: int, intaken: Intaken, salt: bytes) -> None:
+        if event.event_type == GROUP_IDENTIFY_EVENT:
+            # Group properties belong to a group, which Iterable has no place for.
+            self._skip("group_identify")
+            return
+        if self._repeated(event, now, intaken):
+            # Amplitude ignores it: no profile change, no user update, no event.
+            self._skip("duplicate")
+            return
         user = event.amplitude_user
         profile, new_user = self._current(user, intaken)
         changed: Set[str] = _NO_CHANGE
         adopt = new_user and event.user_id and event.device_id
-        if event.user_properties or adopt:
+        update = profile_update(event, profile)
+        if update or adopt:
             working = dict(profile)
             adopted = (
                 self._adopt_device_profile(event.device_id, working, intaken)
                 if adopt
                 else _NO_CHANGE
             )
-            changed = (
-                apply_user_properties(working, event.user_properties)
-                if event.user_properties
-                else _NO_CHANGE
-            )
+            told = {key: working[key] for key in self._told_keys if key in working}
+            changed = apply_user_properties(working, update) if update else _NO_CHANGE
+            if changed:
+                changed = _keep_told(working, told, self._told_keys, changed)
             if adopted:
                 changed = adopted | changed
             if changed:
@@ -210,15 +285,29 @@ class Intake:
             # nothing changed there is no update to send (route_user would say so).
             if updated:
                 user_route = route_user(event, profile, changed, new_user, compiled)
+                change = user_route.email_change
+                if change is not None:
+                    routed.append((index, _UPDATE_EMAIL, change, encode(change)))
+                    stats.email_changes_routed += 1
                 if user_route.item is not None:
                     routed.append((index, _BULK_UPDATE, user_route.item, encode(user_route.item)))
                     stats.users_routed += 1
                 elif user_route.skipped is _NO_IDENTITY:
                     stats.skipped["user_no_identity"] += 1
+                if user_route.told is not None:
+                    profile = _tell(user, profile, compiled.told_key, user_route.told, intaken)
             event_route = route_event(event, profile, compiled, now, salt)
             if event_route.item is not None:
+                if compiled.identify_before_events and compiled.told_key not in profile:
+                    first = identity_update(event, profile, compiled)
+                    if first.item is not None and first.told is not None:
+                        routed.append((index, _BULK_UPDATE, first.item, encode(first.item)))
+                        stats.users_routed += 1
+                        profile = _tell(user, profile, compiled.told_key, first.told, intaken)
                 routed.append((index, _TRACK_BULK, event_route.item, encode(event_route.item)))
                 stats.events_routed += 1
+                for name in event_route.dropped:
+                    stats.dropped[name] += 1
             elif event_route.skipped is not None:
                 stats.skipped[event_route.skipped] += 1
 
@@ -236,6 +325,34 @@ class Intake:
             return _NO_CHANGE
         profile.update(anonymous)
         return frozenset(anonymous)
+
+
+def _keep_told(
+    working: Profile, told: dict[str, Any], keys: tuple[str, ...], changed: Set[str]
+) -> Set[str]:
+    """Undo what a client's operations ($clearAll, $unset, $set of a "$..." key) did to
+    the properties recording what Iterable was told: only routing writes them, and
+    forgetting one would send an email change as a second user."""
+    if changed.isdisjoint(keys):
+        return changed
+    for key in keys:
+        if key in told:
+            working[key] = told[key]
+        else:
+            working.pop(key, None)
+    return set(changed).difference(keys)
+
+
+def _tell(user: str, profile: Profile, key: str, told: str, intaken: Intaken) -> Profile:
+    """The profile recording that Iterable was told `told` for this sync (a copy: it is
+    committed with the request's record, as every profile change is)."""
+    if profile.get(key) == told:
+        return profile
+    profile = dict(profile)
+    profile[key] = told
+    intaken.touched[user] = profile
+    intaken.changed.setdefault(user, set()).add(key)
+    return profile
 
 
 def patches_of(intaken: Intaken) -> list[ProfilePatch]:

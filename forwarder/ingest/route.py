@@ -10,9 +10,9 @@ from typing import Any, Final
 
 import msgspec
 
-from forwarder.config import Filter, SyncConfig
+from forwarder.config import Filter, ProjectType, SyncConfig
 from forwarder.ingest.amplitude import GROUP_IDENTIFY_EVENT, IDENTIFY_EVENT, Event
-from forwarder.iterable import TrackEvent, UserUpdate
+from forwarder.iterable import TrackEvent, UpdateEmail, UserUpdate
 from forwarder.values import as_integer, as_number
 
 
@@ -24,8 +24,18 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
+# A campaign or template id that is present but not a positive integer: left out, counted.
+INVALID_ID: Final = _Missing()
+# The profile property holding, per sync, the email Iterable was last told for the user
+# ("" when it was told a userId alone); absent when it was never told. Amplitude keys that
+# start with "$" are operations, never properties, so no client can collide with it, and
+# the intake keeps it through $clearAll and $unset.
+TOLD_PREFIX: Final = "$iterable:"
 _IDENTIFY_TYPES = frozenset({IDENTIFY_EVENT, GROUP_IDENTIFY_EVENT})
 _event_encoder = msgspec.json.Encoder(order="deterministic")
+# An unambiguous encoding of the ids hashed into an event id: ("ab", "c") and ("a", "bc")
+# differ.
+_pack_ids = msgspec.msgpack.Encoder().encode
 
 Getter = Callable[[Event, Mapping[str, Any]], Any]
 Predicate = Callable[[Event, Mapping[str, Any]], bool]
@@ -49,11 +59,17 @@ class SkipReason(enum.StrEnum):
 class EventRoute(msgspec.Struct, frozen=True, gc=False):
     item: TrackEvent | None
     skipped: SkipReason | None
+    # Mappings left out of the item for a bad value ("campaignId", "templateId").
+    dropped: tuple[str, ...] = ()
 
 
 class UserRoute(msgspec.Struct, frozen=True, gc=False):
     item: UserUpdate | None
     skipped: SkipReason | None
+    # An email change to send before `item` (email-based projects: users/updateEmail).
+    email_change: UpdateEmail | None = None
+    # The email Iterable is told by this route ("" for a userId alone), for the profile.
+    told: str | None = None
 
 
 # --- property paths ---------------------------------------------------------------------
@@ -90,16 +106,21 @@ def getter(path: str) -> Getter:
     return from_field
 
 
-def _integer_getter(path: str | None) -> Callable[[Event, Mapping[str, Any]], int | None]:
-    """An int-valued getter (campaignId, templateId): None when absent or not integral."""
+def _id_getter(path: str | None) -> Callable[[Event, Mapping[str, Any]], Any]:
+    """A campaignId / templateId getter: a positive int (Iterable's ids are), None when
+    absent, INVALID_ID when present but anything else ("abc", 0, -3, 2.5, a bool)."""
     if not path:
         return lambda event, profile: None
     get = getter(path)
 
-    def integer(event: Event, profile: Mapping[str, Any]) -> int | None:
-        return as_integer(get(event, profile))
+    def positive(event: Event, profile: Mapping[str, Any]) -> Any:
+        value = get(event, profile)
+        if value is MISSING:
+            return None
+        number = as_integer(value)
+        return number if number is not None and number > 0 else INVALID_ID
 
-    return integer
+    return positive
 
 
 def resolve(path: str, event: Event, profile: Mapping[str, Any]) -> Any:
@@ -191,7 +212,15 @@ class CompiledSync:
         self.event_user_properties = tuple(events.user_properties)
         self.user_properties = tuple(users.user_properties)
         self.user_property_set = frozenset(users.user_properties)
-        self.identity = compile_identity(mappings.email, mappings.user_id, mappings.require_email)
+        self.project_type: ProjectType = sync.project_type
+        self.identity = compile_identity(
+            mappings.email, mappings.user_id or None, mappings.require_email, sync.project_type
+        )
+        # Events carry one identifier ("an email or a userId, but not both"): the one the
+        # project finds users by first.
+        self.events_by_user_id = sync.project_type != "email-based"
+        self.told_key = TOLD_PREFIX + sync.name
+        self.identify_before_events = users.identify_before_events
         # Why events (or users) of this sync are never sent, known before any event.
         self.events_off = (
             SkipReason.SYNC_DISABLED
@@ -207,8 +236,8 @@ class CompiledSync:
             if users.enabled
             else SkipReason.USERS_OFF
         )
-        self.campaign_id = _integer_getter(mappings.campaign_id)
-        self.template_id = _integer_getter(mappings.template_id)
+        self.campaign_id = _id_getter(mappings.campaign_id)
+        self.template_id = _id_getter(mappings.template_id)
         self.fields = tuple((getter(path), name) for path, name in mappings.fields.items())
         # Identity mappings that live in the profile: a change to them is a change of
         # who the user is in Iterable, so it triggers an update.
@@ -217,7 +246,8 @@ class CompiledSync:
             for path in (mappings.email, mappings.user_id)
             if path and path.startswith("user_properties.")
         )
-        self.prefer_user_id = users.prefer_user_id
+        # Only email-based projects read preferUserId (the spec).
+        self.prefer_user_id = users.prefer_user_id if sync.project_type == "email-based" else None
         self.merge_nested_objects = users.merge_nested_objects
 
 
@@ -226,9 +256,18 @@ def compile_sync(sync: SyncConfig) -> CompiledSync:
 
 
 def event_id(event: Event, salt: bytes) -> str:
-    """An id for an event without insert_id: its content hashed with a salt unique to its
-    place in one request, so two identical events stay two events in Iterable. The
-    journal keeps the encoded item, so a resend of a stored record keeps the id."""
+    """The Iterable event id: 32 hex characters (Iterable takes 512 bytes, project-wide).
+
+    With insert_id: a hash of user_id, device_id and insert_id. A resend keeps it (an
+    update in Iterable, not a second event), and two users' events never share one, as
+    the raw insert_id would make them do (Amplitude's is only unique per device).
+    Without: the event's content hashed with a salt unique to its place in one request,
+    so two identical events stay two events. The journal keeps the encoded item, so a
+    resend of a stored record keeps either id."""
+    insert_id = event.insert_id
+    if insert_id:
+        key = _pack_ids((event.user_id, event.device_id, insert_id))
+        return hashlib.blake2b(key, digest_size=16).hexdigest()
     digest = hashlib.blake2b(salt, digest_size=16)
     digest.update(_event_encoder.encode(event))
     return digest.hexdigest()
@@ -237,13 +276,23 @@ def event_id(event: Event, salt: bytes) -> str:
 Identity = Callable[[Event, Mapping[str, Any]], "tuple[str | None, str | None] | None"]
 
 
-def compile_identity(email_path: str, user_id_path: str | None, require_email: bool) -> Identity:
-    """(email, userId) of an event and its profile, or None when no item can be sent.
+def compile_identity(
+    email_path: str,
+    user_id_path: str | None,
+    require_email: bool,
+    project_type: ProjectType = "email-based",
+) -> Identity:
+    """(email, userId) of an event and its profile, or None when no item can be sent:
+    the identifier the project type requires is missing (email-based: the email unless
+    require_email is off; userid-based: the userId; hybrid: both missing).
 
     The usual mappings (email from the profile, userId from the event's user_id) get a
     function that reads them directly: it runs for every event and sync.
     """
-    if email_path.startswith("user_properties.") and user_id_path == "user_id":
+    if project_type != "email-based":
+        require_email = False  # userid-based: the userId is required; hybrid: either
+    need_user_id = project_type == "userid-based"
+    if email_path.startswith("user_properties.") and user_id_path == "user_id" and not need_user_id:
         email_name = email_path[len("user_properties.") :]
 
         def usual(event: Event, profile: Mapping[str, Any]) -> tuple[str | None, str | None] | None:
@@ -271,6 +320,8 @@ def compile_identity(email_path: str, user_id_path: str | None, require_email: b
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 user_id = str(value)
         if email is None and (require_email or user_id is None):
+            return None
+        if need_user_id and user_id is None:
             return None
         return email, user_id
 
@@ -317,17 +368,34 @@ def route_event(
         value = get(event, profile)
         if value is not MISSING:
             fields[name] = value
+    email, user_id = identity
+    if sync.events_by_user_id:
+        if user_id is not None:
+            email = None
+    elif email is not None:
+        user_id = None
+    campaign = sync.campaign_id(event, profile)
+    template = sync.template_id(event, profile)
+    dropped: tuple[str, ...] = ()
+    if campaign is INVALID_ID or template is INVALID_ID:
+        dropped = tuple(
+            name
+            for name, value in (("campaignId", campaign), ("templateId", template))
+            if value is INVALID_ID
+        )
+        campaign = None if campaign is INVALID_ID else campaign
+        template = None if template is INVALID_ID else template
     item = TrackEvent(
         eventName=event_type or "",
-        id=event.insert_id or event_id(event, salt),
+        id=event_id(event, salt),
         createdAt=event.time // 1000 if event.time is not None else now_seconds,
-        email=identity[0],
-        userId=identity[1],
+        email=email,
+        userId=user_id,
         dataFields=fields or None,
-        campaignId=sync.campaign_id(event, profile),
-        templateId=sync.template_id(event, profile),
+        campaignId=campaign,
+        templateId=template,
     )
-    return EventRoute(item, None)
+    return EventRoute(item, None, dropped)
 
 
 def route_user(
@@ -342,6 +410,12 @@ def route_user(
     identity = sync.identity(event, profile)
     if identity is None:
         return UserRoute(None, SkipReason.NO_IDENTITY)
+    email, user_id = identity
+    change = email_change(sync, profile.get(sync.told_key), email, user_id)
+    if change is not None and not (selected_changed or new_user):
+        # Only the email changed: updateEmail carries all of it. A bulkUpdate beside it
+        # would name the user by an email Iterable may not have moved yet.
+        return UserRoute(None, None, change, email or "")
     fields: dict[str, Any] = {}
     for name in sync.user_properties:
         value = profile.get(name)
@@ -352,10 +426,41 @@ def route_user(
     if sync.fields:
         _mapped_fields(event, profile, sync, fields)
     item = UserUpdate(
-        email=identity[0],
-        userId=identity[1],
+        email=email,
+        userId=user_id,
         dataFields=fields or None,
         preferUserId=sync.prefer_user_id,
         mergeNestedObjects=sync.merge_nested_objects,
     )
-    return UserRoute(item, None)
+    return UserRoute(item, None, change, email or "")
+
+
+def email_change(
+    sync: CompiledSync, told: Any, email: str | None, user_id: str | None
+) -> UpdateEmail | None:
+    """The users/updateEmail for a user whose mapped email is no longer the one Iterable
+    was told, in the projects that need one: email-based ones, and hybrid ones for a
+    user without a userId. Elsewhere the bulkUpdate finds the user by userId and sets the
+    new email on it (Iterable's "Updating a User's Email Address or User ID")."""
+    if not isinstance(told, str) or email is None or email.lower() == told.lower():
+        return None
+    if sync.project_type == "userid-based" or (sync.project_type == "hybrid" and user_id):
+        return None
+    if told:
+        return UpdateEmail(newEmail=email, currentEmail=told)
+    if user_id:
+        return UpdateEmail(newEmail=email, currentUserId=user_id)
+    return None
+
+
+def identity_update(event: Event, profile: Mapping[str, Any], sync: CompiledSync) -> UserRoute:
+    """An identity-only bulkUpdate for an event whose user Iterable was never told about
+    (identify_before_events), so the user exists before its event; else no item."""
+    if not sync.identify_before_events or sync.told_key in profile:
+        return UserRoute(None, SkipReason.NO_CHANGE)
+    identity = sync.identity(event, profile)
+    if identity is None:
+        return UserRoute(None, SkipReason.NO_IDENTITY)
+    email, user_id = identity
+    item = UserUpdate(email=email, userId=user_id, preferUserId=sync.prefer_user_id)
+    return UserRoute(item, None, None, email or "")

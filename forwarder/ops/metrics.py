@@ -41,6 +41,11 @@ _SYNC_COUNTERS = (
     ("forwarder_sync_iterable_responses", "Iterable answers, by endpoint and status", _STATUS),
     ("forwarder_sync_iterable_requests", "Requests sent to Iterable", _ENDPOINT),
     ("forwarder_sync_items_sent", "Items carried by requests to Iterable (retries too)", _ENDPOINT),
+    (
+        "forwarder_sync_mapped_values_dropped",
+        "Mapped values left out of items sent (campaignId/templateId not a positive integer)",
+        ("sync", "field"),
+    ),
 )
 _SYNC_GAUGES = (
     ("forwarder_sync_batch_fill_ratio", "Mean items per request over the item cap", _ENDPOINT),
@@ -115,8 +120,8 @@ class ForwarderCollector:
         yield rejected
 
     def _syncs(self, snapshot: Snapshot) -> Iterator[Metric]:
-        forwarded, routed, skipped, dead, retries, responses, requests, items_sent = _families(
-            CounterMetricFamily, _SYNC_COUNTERS
+        forwarded, routed, skipped, dead, retries, responses, requests, items_sent, dropped = (
+            _families(CounterMetricFamily, _SYNC_COUNTERS)
         )
         fill, depth, depth_bytes, in_flight, paused, unwritten = _families(
             GaugeMetricFamily, _SYNC_GAUGES
@@ -129,6 +134,9 @@ class ForwarderCollector:
             stats = sync.delivery
             routed.add_metric([name, "event"], sync.route.events_routed)
             routed.add_metric([name, "user"], sync.route.users_routed)
+            routed.add_metric([name, "email_change"], sync.route.email_changes_routed)
+            for field_name, count in sorted(sync.route.dropped.items()):
+                dropped.add_metric([name, field_name], count)
             for reason, count in sorted(sync.route.skipped.items()):
                 skipped.add_metric([name, reason], count)
             for kind, count in sorted(stats.dead.items(), key=lambda pair: pair[0].value):
@@ -162,7 +170,17 @@ class ForwarderCollector:
             in_flight.add_metric([name], stats.in_flight)
             paused.add_metric([name], 1 if sync.paused else 0)
             unwritten.add_metric([name], stats.dead_letters_unwritten)
-        yield from (forwarded, routed, skipped, dead, retries, responses, requests, items_sent)
+        yield from (
+            forwarded,
+            routed,
+            skipped,
+            dead,
+            retries,
+            responses,
+            requests,
+            items_sent,
+            dropped,
+        )
         yield from (fill, latency, depth, depth_bytes, in_flight, paused, unwritten)
 
     def _journal(self, journal: LogStats) -> Iterator[Metric]:

@@ -41,6 +41,8 @@ def sync_status(sync: SyncSnapshot) -> dict[str, Any]:
         "totals": {
             "events_routed": sync.route.events_routed,
             "users_routed": sync.route.users_routed,
+            "email_changes_routed": sync.route.email_changes_routed,
+            "mapped_values_dropped": dict(sync.route.dropped),
             "delivered": dict(stats.delivered),
             "retries": dict(stats.retries),
             "skipped": dict(sync.route.skipped),

@@ -1,8 +1,9 @@
-"""A fake Iterable (its two bulk endpoints) on aiohttp, for tests, benchmarks and `make run`."""
+"""A fake Iterable (trackBulk, bulkUpdate, updateEmail) on aiohttp, for tests, bench, `make run`."""
 
 # It answers with the shapes of Iterable's OpenAPI spec (repository Iterable/api-client,
 # `api-docs.json`): trackBulk -> BulkTrackResponse, bulkUpdate -> UserBulkUpdateListResponse,
-# errors as {"msg", "code", "params"}. On top it enforces the per-(key, endpoint) rate
+# updateEmail -> IterableApiResponse, errors as {"msg", "code", "params"}; users live in a
+# project of one of Iterable's three types (keyed by email, userId, or both). On top it enforces the per-(key, endpoint) rate
 # limits as a strict sliding one-second window and the byte and item caps, produces
 # partial failures on demand, injects faults, and records what it saw for tests
 # (SimulatorState) and benchmarks (GET /_sim/stats).

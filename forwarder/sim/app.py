@@ -1,4 +1,4 @@
-"""The simulator's aiohttp app: the bulk and admin routes, and run_simulator to serve it."""
+"""The simulator's aiohttp app: the API and admin routes, and run_simulator to serve it."""
 
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ def _gate(
         return rules.error(401, "BadApiKey", "Invalid API key")
     if endpoint is Endpoint.TRACK_BULK:
         rate = config.track_bulk_per_second
+    elif endpoint is Endpoint.UPDATE_EMAIL:
+        rate = config.update_email_per_second
     else:
         rate = config.bulk_update_per_second
     wait_for_slot = state.admit(key, endpoint, at, rate)

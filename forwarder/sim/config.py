@@ -14,6 +14,16 @@ class SimulatorConfig(msgspec.Struct, kw_only=True):
     api_keys: frozenset[str] | None = None  # None accepts any non-empty key
     track_bulk_per_second: float = 10  # Iterable's spec: 10 requests/s per project
     bulk_update_per_second: float = 5  # Iterable's spec: 5 requests/s per project
+    update_email_per_second: float = 10  # undocumented in the spec; the daemon's default
+    # The project's type: which field identifies users ("email-based", "userid-based",
+    # "hybrid"), as Iterable's "Project Types and Unique Identifiers" describes.
+    project_type: str = "email-based"
+    # A user created (or given a new email) is visible to trackBulk and updateEmail only
+    # this many seconds later; before, it is "not found" (Iterable asks for up to 60 s).
+    user_visible_after_seconds: float = 0.0
+    # Every bulk request is refused with 400 UniqueFieldsLimitExceeded (a project with
+    # as many fields as Iterable allows), whatever its items.
+    unique_fields_limit_exceeded: bool = False
     max_request_bytes: int = 4_000_000  # Iterable's spec: 4 MB for users/bulkUpdate
     max_events_per_request: int | None = None  # Iterable sets none; for tests of our caps
     max_users_per_request: int | None = None

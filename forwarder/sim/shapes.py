@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from forwarder.iterable import Endpoint, UserUpdate
+from forwarder.iterable import Endpoint, UpdateEmail, UserUpdate
 
 
 class SimEvent(msgspec.Struct, kw_only=True):
@@ -40,9 +40,13 @@ class SimBulkUpdate(msgspec.Struct):
     createNewFields: bool | None = None
 
 
+# users/updateEmail's body (UpdateEmailRequest): the daemon's own Struct, as for users.
+SimUpdateEmail = UpdateEmail
+
 DECODERS: dict[Endpoint, msgspec.json.Decoder[Any]] = {
     Endpoint.TRACK_BULK: msgspec.json.Decoder(SimTrackBulk),
     Endpoint.BULK_UPDATE: msgspec.json.Decoder(SimBulkUpdate),
+    Endpoint.UPDATE_EMAIL: msgspec.json.Decoder(SimUpdateEmail),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,17 @@ import msgspec
 
 from forwarder.iterable import Endpoint
 from forwarder.sim.shapes import SimEvent, SimUser, event_dict
+
+
+@dataclass(eq=False)
+class SimPerson:
+    """One user of the simulated project: its identifiers, fields, and events' ids."""
+
+    email: str | None
+    userId: str | None
+    fields: dict[str, Any]
+    created_at: float  # time.monotonic(); visibility counts from it (and email changes)
+    event_ids: list[str]
 
 
 @dataclass(slots=True)
@@ -55,6 +67,15 @@ class SimulatorState:
         self._events: list[dict[str, Any]] = []
         self.user_records: list[SimUser] = []
         self._users: list[dict[str, Any]] = []
+        # The project's users, and how it finds them (email-based projects: by email;
+        # userid-based: by userId; hybrid: both, each unique).
+        self.people: list[SimPerson] = []
+        self.person_by_email: dict[str, SimPerson] = {}
+        self.person_by_user_id: dict[str, SimPerson] = {}
+        # (currentEmail or currentUserId, newEmail) of every email change taken.
+        self.email_changes: list[tuple[str, str]] = []
+        # bulkUpdate requests that named one user more than once, and how many times.
+        self.users_twice_in_one_request = 0
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -101,9 +122,9 @@ class SimulatorState:
             "events_received": self.received[Endpoint.TRACK_BULK.value],
             "distinct_event_ids": len(self.event_ids),
             "users_received": self.received[Endpoint.BULK_UPDATE.value],
-            "known_users": len(
-                {id(p) for p in (*self.known_emails.values(), *self.known_user_ids.values())}
-            ),
+            "known_users": len(self.people),
+            "email_changes": len(self.email_changes),
+            "users_twice_in_one_request": self.users_twice_in_one_request,
             "max_requests_in_one_second": dict(self.max_requests_in_one_second),
             "max_items_in_one_request": dict(self.max_items),
             "max_bytes_in_one_request": dict(self.max_bytes),
@@ -133,24 +154,76 @@ class SimulatorState:
         window.append(at)
         return None
 
-    def merge_profile(self, user: SimUser) -> None:
-        """Apply a user update to the one profile its email and userId share."""
+    def person(self, email: str | None, user_id: str | None, project_type: str) -> SimPerson | None:
+        """The user a request's identifiers find, as the project type looks users up."""
+        by_email = self.person_by_email.get(email.lower()) if email else None
+        by_user_id = self.person_by_user_id.get(user_id) if user_id else None
+        if project_type == "userid-based":
+            return by_user_id
+        if project_type == "hybrid":
+            return by_user_id or (by_email if not user_id else None)
+        return by_email if email else by_user_id
+
+    def visible(self, person: SimPerson | None, at: float, after: float) -> bool:
+        return person is not None and at - person.created_at >= after
+
+    def merge_profile(self, user: SimUser, project_type: str = "email-based") -> str | None:
+        """Apply a user update as the project type does; a failure list's name if not.
+
+        email-based: the email finds (or creates) the user and a userId beside it is
+        stored on it; a userId alone finds one, or creates one with a placeholder email
+        when preferUserId. userid-based: the userId finds or creates; the email is data.
+        hybrid: the userId finds (else the email), the email is set on it, both unique.
+        """
+        at = time.monotonic()
         email = user.email.lower() if user.email else None
-        profile = self.known_emails.get(email) if email else None
-        if profile is None and user.userId:
-            profile = self.known_user_ids.get(user.userId)
-        if profile is None:
-            profile = {}
-        if email:
-            self.known_emails[email] = profile
-        if user.userId:
-            self.known_user_ids[user.userId] = profile
+        if project_type == "userid-based" and not user.userId:
+            return "invalidUserIds"
+        person = self.person(email, user.userId, project_type)
+        if person is None and project_type == "hybrid" and email and user.userId:
+            person = self.person_by_email.get(email)
+            if person is not None and person.userId not in (None, user.userId):
+                return "conflictEmails"
+        if person is None:
+            if project_type == "email-based" and not email:
+                if not user.preferUserId:
+                    return "notFoundUserIds"
+                email = f"{user.userId}@placeholder.email"
+            person = SimPerson(None, None, {}, at, [])
+            self.people.append(person)
+        if email and email != person.email:
+            other = self.person_by_email.get(email)
+            if project_type == "hybrid" and other is not None and other is not person:
+                return "conflictEmails"
+            self._rekey_email(person, email)
+        if user.userId and user.userId != person.userId:
+            if person.userId is not None and project_type != "email-based":
+                return "conflictUserIds"
+            self.person_by_user_id.pop(person.userId or "", None)
+            self.known_user_ids.pop(person.userId or "", None)
+            person.userId = user.userId
+            self.person_by_user_id[user.userId] = person
+            self.known_user_ids[user.userId] = person.fields
+        profile = person.fields
         for field, value in (user.dataFields or {}).items():
             old = profile.get(field)
             if user.mergeNestedObjects and isinstance(value, dict) and isinstance(old, dict):
                 profile[field] = {**old, **value}  # merge top-level objects, not overwrite
             else:
                 profile[field] = value
+        return None
+
+    def change_email(self, person: SimPerson, new_email: str) -> None:
+        """updateEmail: the same user, its fields and events, under the new email."""
+        self._rekey_email(person, new_email.lower())
+
+    def _rekey_email(self, person: SimPerson, email: str) -> None:
+        if person.email is not None and self.person_by_email.get(person.email) is person:
+            del self.person_by_email[person.email]
+            self.known_emails.pop(person.email, None)
+        person.email = email
+        self.person_by_email[email] = person
+        self.known_emails[email] = person.fields
 
 
 def _slide(window: deque[float], at: float) -> None:

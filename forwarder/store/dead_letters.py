@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import msgspec
 
 from forwarder.errors import Failure
-from forwarder.iterable import Endpoint, Item, TrackEvent, UserUpdate
+from forwarder.iterable import Endpoint, Item, TrackEvent, UpdateEmail, UserUpdate
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -31,6 +31,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     def to_item(self) -> Item:
         if self.endpoint == Endpoint.TRACK_BULK.value:
             return msgspec.convert(self.item, TrackEvent)
+        if self.endpoint == Endpoint.UPDATE_EMAIL.value:
+            return msgspec.convert(self.item, UpdateEmail)
         return msgspec.convert(self.item, UserUpdate)
 
 

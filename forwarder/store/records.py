@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from forwarder.iterable import Endpoint, Item, TrackEvent, UserUpdate
+from forwarder.iterable import Endpoint, Item, TrackEvent, UpdateEmail, UserUpdate
 
 
 class RecordItem(msgspec.Struct, array_like=True):
@@ -36,6 +36,10 @@ class Record(msgspec.Struct, array_like=True):
     # replay so a journal written by an older version still recovers; never written now.
     profiles: list[tuple[str, dict[str, Any]]] = []
     patches: list[ProfilePatch] = []
+    # The insert_id dedupe keys the request's events were the first to use, and when
+    # (Unix seconds): replay remembers them again, so a resend after a crash stays a repeat.
+    seen: list[bytes] = []
+    seen_at: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -43,6 +47,7 @@ _decoder = msgspec.msgpack.Decoder(Record)
 _item_decoders: dict[Endpoint, msgspec.json.Decoder[Any]] = {
     Endpoint.TRACK_BULK: msgspec.json.Decoder(TrackEvent),
     Endpoint.BULK_UPDATE: msgspec.json.Decoder(UserUpdate),
+    Endpoint.UPDATE_EMAIL: msgspec.json.Decoder(UpdateEmail),
 }
 
 

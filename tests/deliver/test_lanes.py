@@ -11,6 +11,7 @@ from forwarder.iterable import (
     BatchCaps,
     Endpoint,
     TrackEvent,
+    UpdateEmail,
     UserUpdate,
     assemble_body,
     identity_of,
@@ -18,6 +19,7 @@ from forwarder.iterable import (
 
 TRACK = Endpoint.TRACK_BULK
 USERS = Endpoint.BULK_UPDATE
+CHANGE = Endpoint.UPDATE_EMAIL
 
 
 def event(email: str, n: int, pad: int = 0) -> Queued:
@@ -121,10 +123,46 @@ def test_batches_never_exceed_caps_and_keep_order(
             progressed = True
             assert len(batch) <= max_items
             assert len(assemble_body(endpoint, [q.encoded for q in batch])) <= max_bytes
+            if endpoint is USERS:  # one item per user per bulkUpdate request
+                assert len({q.user for q in batch}) == len(batch)
             for q in batch:
-                seen.setdefault(q.user, []).append(q.encoded.decode())
+                for original in q.originals:  # a user's consecutive updates merge
+                    seen.setdefault(q.user, []).append(original.encoded.decode())
             lanes.settle({q.user for q in batch})
         if not progressed:
             break
     assert lanes.items == 0 and lanes.bytes == 0
     assert seen == expected
+
+
+def test_an_email_change_holds_the_new_emails_lane_until_it_is_settled() -> None:
+    lanes = Lanes()
+    caps = BatchCaps(100, 100_000)
+    before = event("old@x.io", 1)
+    change_item = UpdateEmail(currentEmail="old@x.io", newEmail="new@x.io")
+    change = Queued(identity_of(change_item), CHANGE, change_item, msgspec.json.encode(change_item))
+    after = event("new@x.io", 2)
+    for queued in (before, change, after):
+        lanes.put(queued)
+    assert lanes.take_batch(TRACK, caps) == [before]  # the new email's event is held
+    lanes.settle({before.user}, gone=[before])
+    assert lanes.take_batch(CHANGE, caps) == [change]
+    assert lanes.take_batch(TRACK, caps) == []  # still held while the change is in flight
+    lanes.settle({change.user}, gone=[change])
+    assert lanes.take_batch(TRACK, caps) == [after]
+
+
+def test_consecutive_updates_of_a_user_merge_as_iterable_merges_them() -> None:
+    lanes = Lanes()
+    first, second = user("a@x.io"), user("a@x.io")
+    assert isinstance(first.item, UserUpdate) and isinstance(second.item, UserUpdate)
+    first.item.dataFields = {"plan": "free", "prefs": {"a": 1}, "city": "Oslo"}
+    second.item.dataFields = {"plan": "pro", "prefs": {"b": 2}}
+    second.item.mergeNestedObjects = True
+    for queued in (first, second):
+        queued.encoded = msgspec.json.encode(queued.item)
+        lanes.put(queued)
+    (merged,) = lanes.take_batch(USERS, BatchCaps(100, 100_000))
+    assert merged.originals == [first, second] and lanes.items == 0
+    assert isinstance(merged.item, UserUpdate)
+    assert merged.item.dataFields == {"plan": "pro", "prefs": {"a": 1, "b": 2}, "city": "Oslo"}

@@ -65,7 +65,13 @@ def track_response(success: int, fail: int, **failed: list[str]) -> dict[str, An
 
 def assert_partition(outcome: Outcome, count: int) -> None:
     """Every index has exactly one fate (unless the batch is split or the sync paused)."""
-    seen = outcome.delivered + [i for i, _ in outcome.dead] + outcome.retry + outcome.resend
+    seen = (
+        outcome.delivered
+        + [i for i, _ in outcome.dead]
+        + outcome.retry
+        + outcome.not_found
+        + outcome.resend
+    )
     assert sorted(seen) == list(range(count)), outcome
 
 
@@ -104,8 +110,9 @@ def test_track_bulk_partial_failures_map_to_the_items_they_name() -> None:
         (2, "forgottenUserIds"),
         (4, "disallowedEventNames"),
     ]
-    # Right after the user's bulkUpdate Iterable may not see the user yet: bounded retry.
-    assert outcome.retry == [3]
+    # Right after the user's bulkUpdate Iterable may not see the user yet: retried on
+    # the not-found schedule.
+    assert outcome.not_found == [3] and not outcome.retry
     assert "1 in notFoundEmails" in outcome.summary
     assert_partition(outcome, len(items))
 
@@ -143,10 +150,25 @@ def test_bulk_update_failure_lists_are_permanent_including_not_found() -> None:
 
 
 def test_deprecated_top_level_lists_are_read_too() -> None:
-    items = [ev(0), ev(1, email="x@y", user_id="bad id ")]
+    items = [user(0), user(1, email="x@y", user_id="bad id ")]
     answer = {"successCount": 1, "failCount": 1, "invalidUserIds": ["bad id "]}
-    outcome = read_outcome(TRACK, 200, {}, body(answer), items)
+    outcome = read_outcome(UPDATE, 200, {}, body(answer), items)
     assert outcome.delivered == [0] and details(outcome.dead) == [(1, "invalidUserIds")]
+
+
+def test_track_bulks_top_level_invalid_user_ids_are_users_not_found() -> None:
+    # The spec: trackBulk's top-level invalidUserIds are "userId values that were not
+    # found"; one that failedUpdates also lists as invalid is invalid.
+    items = [ev(0, email="", user_id="late"), ev(1, email="", user_id="bad id "), ev(2)]
+    answer = {
+        "successCount": 1,
+        "failCount": 2,
+        "invalidUserIds": ["late", "bad id "],
+        "failedUpdates": {"invalidUserIds": ["bad id "]},
+    }
+    outcome = read_outcome(TRACK, 200, {}, body(answer), items)
+    assert outcome.not_found == [0] and details(outcome.dead) == [(1, "invalidUserIds")]
+    assert outcome.delivered == [2]
 
 
 def test_one_value_names_every_item_with_that_identity() -> None:
@@ -237,7 +259,7 @@ def test_only_the_named_items_in_the_request_get_a_fate_from_the_lists() -> None
     )
     outcome = read_outcome(TRACK, 200, {}, body(answer), items)
     assert details(outcome.dead) == [(0, "invalidEmails"), (1, "forgottenUserIds")]
-    assert outcome.retry == [3]  # notFound, in the request: its own bounded retry
+    assert outcome.not_found == [3]  # notFound, in the request: its own schedule
     assert outcome.delivered == [2] and outcome.foreign == 3
     assert_partition(outcome, 4)
 
@@ -483,7 +505,7 @@ def test_long_messages_are_cut_to_one_line() -> None:
         ("conflictEmails", UPDATE, "dead"),
         ("invalidDataUserIds", UPDATE, "dead"),
         ("disallowedEventNames", TRACK, "dead"),
-        ("notFoundEmails", TRACK, "retry"),
+        ("notFoundEmails", TRACK, "not_found"),
         ("notFoundUserIds", UPDATE, "dead"),
         ("noOpEmails", UPDATE, "ignore"),
         ("failedUserIds", TRACK, "retry"),
@@ -512,7 +534,7 @@ LIST_NAMES = [
     picks=st.lists(st.tuples(st.sampled_from(LIST_NAMES), st.integers(0, 15)), max_size=20),
     success=st.one_of(st.none(), st.integers(0, 15)),
     fail=st.one_of(st.none(), st.integers(0, 15)),
-    endpoint=st.sampled_from(list(Endpoint)),
+    endpoint=st.sampled_from([TRACK, UPDATE]),
 )
 def test_every_200_gives_every_item_exactly_one_fate(
     n: int, picks: list[tuple[str, int]], success: int | None, fail: int | None, endpoint: Endpoint

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -382,12 +383,74 @@ NOT_FOUND: Answer = (
 )
 
 
+UNNAMED: Answer = (200, {"successCount": 0, "failCount": 1})
+
+
 @pytest.mark.parametrize(
-    "rig", [([NOT_FOUND], {"max_attempts": 0, "item_retry_attempts": 4})], indirect=True
+    "rig", [([UNNAMED], {"max_attempts": 0, "item_retry_attempts": 4})], indirect=True
 )
 async def test_item_level_retries_stay_bounded_when_attempts_are_not(rig: Rig) -> None:
     assert await rig.send(batch(1)) == []
     assert len(rig.iterable.bodies) == 4
     (letter,) = rig.letters()
-    assert letter.kind == FailureKind.RETRIES_EXHAUSTED.value and "notFoundEmails" in letter.reason
+    assert letter.kind == FailureKind.RETRIES_EXHAUSTED.value and "not named" in letter.reason
     assert rig.sender.pause.reason is None  # Iterable answered: not an outage
+
+
+NOT_FOUND_SOON = {
+    "max_attempts": 2,  # not-found retries are not attempts of an outage: no bound here
+    "not_found_retry_seconds": 0.3,
+    "not_found_backoff_max_seconds": 0.02,
+}
+
+
+@pytest.mark.parametrize("rig", [([NOT_FOUND], NOT_FOUND_SOON)], indirect=True)
+async def test_a_user_not_found_is_retried_for_its_window_then_dead_as_user_not_found(
+    rig: Rig,
+) -> None:
+    started = time.monotonic()
+    assert await rig.send(batch(1)) == []
+    assert time.monotonic() - started >= 0.3  # the whole window, not a count of tries
+    assert len(rig.iterable.bodies) >= 3
+    (letter,) = rig.letters()
+    assert letter.kind == FailureKind.USER_NOT_FOUND.value
+    assert "user not found" in letter.reason and rig.acks == [0]
+
+
+@pytest.mark.parametrize("rig", [([NOT_FOUND, NOT_FOUND, OK], NOT_FOUND_SOON)], indirect=True)
+async def test_a_user_that_becomes_visible_gets_its_event_delivered(rig: Rig) -> None:
+    assert await rig.send(batch(1)) == []
+    assert len(rig.iterable.bodies) == 3 and not rig.letters()
+    assert rig.stats.delivered[TRACK.value] == 1 and rig.acks == [0]
+
+
+FIELDS_LIMIT: Answer = (
+    400,
+    {"msg": "Project has too many unique fields", "code": "UniqueFieldsLimitExceeded"},
+)
+
+
+@pytest.mark.parametrize("rig", [[FIELDS_LIMIT]], indirect=True)
+async def test_a_project_level_400_is_never_bisected(rig: Rig) -> None:
+    assert await rig.send(batch(64)) == []
+    assert len(rig.iterable.bodies) == 1
+    letters = rig.letters()
+    assert len(letters) == 64
+    assert {x.kind for x in letters} == {FailureKind.UNIQUE_FIELDS_LIMIT.value}
+    assert sorted(rig.acks) == list(range(64))
+
+
+UNNAMED_400: Answer = (400, {"msg": "Invalid JSON body", "code": "BadJsonBody"})
+
+
+@pytest.mark.parametrize("n", [2, 7, 64, 300])
+@pytest.mark.parametrize("rig", [[UNNAMED_400]], indirect=True)
+async def test_an_item_level_400_on_every_call_costs_about_2_log2_n_requests(
+    rig: Rig, n: int
+) -> None:
+    assert await rig.send(batch(n)) == []
+    extra = rig.sender.policy.bisect_extra
+    assert len(rig.iterable.bodies) <= 1 + 2 * math.ceil(math.log2(n)) + extra
+    letters = rig.letters()
+    assert len(letters) == n and sorted(rig.acks) == list(range(n))  # none lost
+    assert {x.kind for x in letters} == {FailureKind.BAD_REQUEST.value}

@@ -14,7 +14,7 @@ import pytest
 
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from forwarder.store.dead_letters import DeadLetter, dead_letter_path, read_letters
-from tests.harness import Daemon, eventually, make_config, post_events, serve
+from tests.harness import Daemon, eventually, iterable_id, make_config, post_events, serve
 
 
 @pytest.fixture
@@ -94,4 +94,4 @@ async def test_no_dead_letter_vanishes_while_the_disk_is_full(
     assert all(isinstance(x, DeadLetter) for x in letters)
     assert len(letters) == 120 and sum(state.failed.values()) >= 120
     ids = {x.item.get("id") for x in letters if isinstance(x, DeadLetter) and "id" in x.item}
-    assert ids == {f"buy-{user}" for user in range(60)}
+    assert ids == {iterable_id(bad(user)[1]) for user in range(60)}

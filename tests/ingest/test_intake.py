@@ -43,7 +43,9 @@ async def test_processing_changes_copies_and_commit_stores_them() -> None:
     intake.profiles.put("u1", {"email": "a@example.com", "plan": "free"})
     intaken = intake.process([identify("u1", plan="pro")], NOW)
     assert intake.profiles.get("u1")["plan"] == "free"  # not yet: only a copy changed
-    assert intaken.touched["u1"] == {"email": "a@example.com", "plan": "pro"}
+    # With the email Iterable is now told for sync "s" (email changes are told apart by it).
+    told = {"$iterable:s": "a@example.com"}
+    assert intaken.touched["u1"] == {"email": "a@example.com", "plan": "pro", **told}
     record = await durable()
     intake.stage(intaken, record)
     # A later request sees the staged profile; nothing changes, so no update goes out.
@@ -80,7 +82,8 @@ async def test_patches_hold_only_the_changed_properties() -> None:
     ]
     patches = {p.user: p for p in patches_of(intake.process(events, NOW))}
     assert patches["u1"] == ProfilePatch("u1", {"n": 2}, [])
-    assert patches["u2"] == ProfilePatch("u2", {"email": "b@example.com"}, [])
+    told = {"$iterable:s": "b@example.com"}
+    assert patches["u2"] == ProfilePatch("u2", {"email": "b@example.com", **told}, [])
     assert patches["u3"] == ProfilePatch("u3", {}, [])
 
 
@@ -123,6 +126,7 @@ async def test_a_user_new_on_a_known_device_adopts_its_profile() -> None:
     intake.commit(first, record)
     login = Event(event_type="Login", user_id="user-1", device_id="device-1")
     intaken = intake.process([login], NOW)
-    assert intaken.touched["user-1"] == {"email": "early@example.com"}
+    told = {"$iterable:s": "early@example.com"}
+    assert intaken.touched["user-1"] == {"email": "early@example.com", **told}
     (update,) = updates(intaken)
     assert update.email == "early@example.com" and update.userId == "user-1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from forwarder.ingest.route import (
     SkipReason,
     compile_sync,
     event_id,
+    identity_update,
     resolve,
     route_event,
     route_user,
@@ -132,7 +134,8 @@ def test_selection(select: list[str], event_type: str, skipped: SkipReason | Non
 @pytest.mark.parametrize(
     ("profile", "fields", "require_email", "identity"),
     [
-        ({"email": "a@b.io"}, {"user_id": "user-1"}, True, ("a@b.io", "user-1")),
+        # An event carries one identifier ("an email or a userId, but not both").
+        ({"email": "a@b.io"}, {"user_id": "user-1"}, True, ("a@b.io", None)),
         ({}, {"user_id": "user-1"}, True, None),  # no email: not sent by default
         ({}, {"user_id": "user-1"}, False, (None, "user-1")),  # userId alone is enough
         ({}, {"user_id": None, "device_id": "device-1"}, False, None),  # device only
@@ -197,9 +200,12 @@ def test_created_at_is_seconds_and_defaults_to_now() -> None:
     assert route_event(event(), PROFILE, compiled, NOW, SALT).item.createdAt == NOW  # type: ignore[union-attr]
 
 
-def test_id_is_insert_id_else_a_hash_of_the_event_and_its_place() -> None:
+def test_id_hashes_the_user_and_insert_id_else_the_event_and_its_place() -> None:
     compiled = compile_sync(sync())
-    assert route_event(event(insert_id="ins-1"), PROFILE, compiled, NOW, SALT).item.id == "ins-1"  # type: ignore[union-attr]
+    with_insert = route_event(event(insert_id="ins-1"), PROFILE, compiled, NOW, SALT).item
+    assert with_insert is not None and re.fullmatch("[0-9a-f]{32}", with_insert.id or "")
+    # Another salt (a resend in another request) keeps it.
+    assert event_id(event(insert_id="ins-1"), b"another-salt") == with_insert.id
     first = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW, SALT).item
     again = route_event(event(event_properties={"a": 1, "b": 2}), PROFILE, compiled, NOW, SALT).item
     other = route_event(event(event_properties={"a": 2, "b": 2}), PROFILE, compiled, NOW, SALT).item
@@ -308,3 +314,108 @@ def test_odd_values_never_raise(weird: Any) -> None:
         compiled = compile_sync(sync(events={"where": [rule]}))
         route_event(event(event_properties={"v": weird}), {"v": weird}, compiled, NOW, SALT)
     route_user(event(), {"email": weird}, {"email"}, True, compile_sync(sync(**USERS)))
+
+
+# --- identity by project type -------------------------------------------------------
+
+IDENTITY_TABLE: list[tuple[str, dict[str, Any], str | None, tuple[Any, Any] | None, Any]] = [
+    # project type, profile, event user_id, event (email, userId), user (email, userId)
+    ("email-based", {"email": "a@b.io"}, "u-1", ("a@b.io", None), ("a@b.io", "u-1")),
+    ("email-based", {}, "u-1", None, None),  # require_email (the default)
+    ("userid-based", {"email": "a@b.io"}, "u-1", (None, "u-1"), ("a@b.io", "u-1")),
+    ("userid-based", {"email": "a@b.io"}, None, None, None),  # userId required
+    ("userid-based", {}, "u-1", (None, "u-1"), (None, "u-1")),
+    ("hybrid", {"email": "a@b.io"}, "u-1", (None, "u-1"), ("a@b.io", "u-1")),
+    ("hybrid", {"email": "a@b.io"}, None, ("a@b.io", None), ("a@b.io", None)),
+    ("hybrid", {}, "u-1", (None, "u-1"), (None, "u-1")),
+]
+
+
+@pytest.mark.parametrize(("project", "profile", "user_id", "on_event", "on_user"), IDENTITY_TABLE)
+def test_each_project_type_gives_each_endpoint_its_identifiers(
+    project: str,
+    profile: dict[str, Any],
+    user_id: str | None,
+    on_event: tuple[Any, Any] | None,
+    on_user: tuple[Any, Any] | None,
+) -> None:
+    compiled = compile_sync(sync(project_type=project))
+    fields: dict[str, Any] = {"user_id": user_id, "device_id": "device-1"}
+    routed = route_event(event(**fields), profile, compiled, NOW, SALT)
+    user = route_user(event(**fields), profile, {"email"}, True, compiled)
+    if on_event is None:
+        assert routed.item is None and user.item is None
+        return
+    assert routed.item is not None and (routed.item.email, routed.item.userId) == on_event
+    assert user.item is not None and (user.item.email, user.item.userId) == on_user
+    # preferUserId is read by email-based projects only (the spec).
+    assert (user.item.preferUserId is None) is (project != "email-based")
+
+
+def test_the_user_id_mapping_can_be_turned_off() -> None:
+    compiled = compile_sync(sync(mappings={"user_id": ""}))
+    user = route_user(event(), {"email": "a@b.io"}, {"email"}, True, compiled)
+    assert user.item is not None and (user.item.email, user.item.userId) == ("a@b.io", None)
+
+
+@pytest.mark.parametrize(
+    ("project", "told", "user_id", "change"),
+    [
+        ("email-based", "old@b.io", "u-1", {"currentEmail": "old@b.io"}),
+        ("email-based", "", "u-1", {"currentUserId": "u-1"}),  # told a userId alone
+        ("email-based", None, "u-1", None),  # never told: a first update, not a change
+        ("email-based", "NEW@b.io", "u-1", None),  # the same email in another case
+        ("hybrid", "old@b.io", None, {"currentEmail": "old@b.io"}),
+        ("hybrid", "old@b.io", "u-1", None),  # the bulkUpdate finds the user by userId
+        ("userid-based", "old@b.io", "u-1", None),
+    ],
+)
+def test_an_email_change_goes_the_project_types_way(
+    project: str, told: str | None, user_id: str | None, change: dict[str, str] | None
+) -> None:
+    compiled = compile_sync(sync(project_type=project, users={"user_properties": ["plan"]}))
+    profile: dict[str, Any] = {"email": "new@b.io"}
+    if told is not None:
+        profile[compiled.told_key] = told
+    routed = route_user(event(user_id=user_id), profile, {"email"}, False, compiled)
+    assert routed.told == "new@b.io"
+    if change is None:
+        assert routed.email_change is None and routed.item is not None
+        assert routed.item.email == "new@b.io"
+    else:
+        assert routed.email_change is not None
+        assert msgspec.to_builtins(routed.email_change) == {"newEmail": "new@b.io", **change}
+        assert routed.item is None  # only the email changed: updateEmail carries it
+
+
+def test_identity_before_events_sends_an_identity_only_update_once() -> None:
+    compiled = compile_sync(sync(users={"enabled": False, "identify_before_events": True}))
+    first = identity_update(event(), {"email": "a@b.io"}, compiled)
+    assert first.item is not None and first.item.dataFields is None and first.told == "a@b.io"
+    told = {"email": "a@b.io", compiled.told_key: "a@b.io"}
+    assert identity_update(event(), told, compiled).item is None
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [(7, 7), ("12", 12), (3.0, 3), (0, None), (-4, None), ("abc", None), (2.5, None), (True, None)],
+)
+def test_campaign_and_template_ids_are_sent_only_as_positive_integers(
+    value: Any, sent: int | None
+) -> None:
+    compiled = compile_sync(
+        sync(
+            mappings={
+                "campaign_id": "event_properties.c",
+                "template_id": "event_properties.t",
+            }
+        )
+    )
+    routed = route_event(
+        event(event_properties={"c": value, "t": value}), PROFILE, compiled, NOW, SALT
+    )
+    assert routed.item is not None
+    assert (routed.item.campaignId, routed.item.templateId) == (sent, sent)
+    assert routed.dropped == (() if sent is not None else ("campaignId", "templateId"))
+    absent = route_event(event(), PROFILE, compiled, NOW, SALT)
+    assert absent.item is not None and absent.dropped == ()  # absent is not counted

@@ -16,7 +16,7 @@ from forwarder.daemon import serve as serve_daemon
 from forwarder.ops.logs import JsonFormatter
 from forwarder.ops.systemd import notify, watchdog_interval
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
-from tests.harness import Daemon, eventually, make_config, post_events, serve
+from tests.harness import Daemon, eventually, iterable_id, make_config, post_events, serve
 
 
 async def scrape(
@@ -94,7 +94,7 @@ async def test_metrics_follow_accepted_filtered_skipped_forwarded_and_dead(tmp_p
             assert status == 200
             status, _ = await post_events(session, daemon.url, [{"event_type": "x"}])
             assert status == 400
-            await eventually(lambda: "p1" in state.event_ids)
+            await eventually(lambda: iterable_id(events[2]) in state.event_ids)
             await daemon.pipeline.drain(10)
             after = await scrape(session, daemon.url)
     finally:

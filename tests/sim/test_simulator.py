@@ -224,10 +224,12 @@ async def test_events_of_unknown_users_are_not_found_until_their_bulk_update(
     assert answer["failedUpdates"]["notFoundEmails"] == ["u0@example.com"]
     assert answer["failedUpdates"]["notFoundUserIds"] == ["uid-1"]
     outcome = read_outcome(TRACK, status, {}, msgspec.json.encode(answer), early)
-    assert outcome.retry == [0, 1]  # Iterable's lag: retried, not dead
+    assert outcome.not_found == [0, 1]  # Iterable's lag: retried, not dead
 
     status, answer, _ = await sim.post(
-        UPDATE, [user(0, email="U0@Example.com"), user(1, email="", userId="uid-1")]
+        # A userId alone creates a user in an email-based project only with preferUserId.
+        UPDATE,
+        [user(0, email="U0@Example.com"), user(1, email="", userId="uid-1", preferUserId=True)],
     )
     assert answer["successCount"] == 2
     status, answer, _ = await sim.post(TRACK, early)
