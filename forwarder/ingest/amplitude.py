@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import codecs
-import operator
 import re
 import time
 from collections.abc import Mapping, Sized
-from hashlib import blake2b
-from itertools import compress
 from typing import Any
 
 import msgspec
 
 from forwarder.errors import FailureKind, ForwarderError, mask
 from forwarder.ingest.counting import events_overflow
+from forwarder.ingest.limits import (
+    MAX_DEPTH,
+    NESTED_FIELDS,
+    cut_long_strings,
+    deeper_than,
+    may_hold_long_strings,
+)
 
 IDENTIFY_EVENT = "$identify"
 GROUP_IDENTIFY_EVENT = "$groupidentify"
@@ -40,8 +44,6 @@ INVALID_ID_VALUES = frozenset(
 )
 # Amplitude keeps strings up to 1024 characters (its SDKs cut them before sending) and
 # refuses property objects nested deeper than 40 levels.
-MAX_STRING_LENGTH = 1024
-MAX_DEPTH = 40
 
 
 class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -108,24 +110,6 @@ class Event(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 # Event field names, for property paths that name a top-level field.
 EVENT_FIELDS = frozenset(Event.__struct_fields__)
-# Top-level fields Amplitude keeps as user properties of the same name: an event that
-# carries one sets it on the user's profile (so `user_properties.city` resolves).
-USER_PROPERTY_FIELDS = (
-    "app_version",
-    "platform",
-    "os_name",
-    "os_version",
-    "device_brand",
-    "device_manufacturer",
-    "device_model",
-    "carrier",
-    "country",
-    "region",
-    "city",
-    "dma",
-    "language",
-)
-user_property_fields = operator.attrgetter(*USER_PROPERTY_FIELDS)
 
 
 class UploadOptions(msgspec.Struct, kw_only=True):
@@ -302,42 +286,6 @@ def decode_upload(body: bytes, api_keys: frozenset[str], max_events: int) -> lis
     return events
 
 
-# A string longer than MAX_STRING_LENGTH characters is a quote and then more than that
-# many bytes with no quote, unless it holds an escaped one: bodies with neither hold no
-# such string, and the walk that cuts them is skipped (the common case, found at C speed).
-_LONG_RUN = re.compile(b'"[^"]{%d}' % (MAX_STRING_LENGTH + 1))
-
-
-def may_hold_long_strings(body: bytes) -> bool:
-    if b"\\" in body and b'\\"' in body:
-        return True
-    return _LONG_RUN.search(body) is not None
-
-
-def cut_long_strings(event: Event) -> None:
-    """Cut every string of the event (field, property value, list element) to
-    MAX_STRING_LENGTH characters in place, as Amplitude and its SDKs do."""
-    for name in Event.__struct_fields__:
-        value = getattr(event, name)
-        if value is None:
-            continue
-        if isinstance(value, str):
-            if len(value) > MAX_STRING_LENGTH:
-                setattr(event, name, value[:MAX_STRING_LENGTH])
-        elif isinstance(value, (dict, list)):
-            _cut_nested(value)
-
-
-def _cut_nested(value: dict[str, Any] | list[Any]) -> None:
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in items:
-        if isinstance(item, str):
-            if len(item) > MAX_STRING_LENGTH:
-                value[key] = item[:MAX_STRING_LENGTH]  # type: ignore[index]
-        elif isinstance(item, (dict, list)):
-            _cut_nested(item)
-
-
 # Bodies are checked for UTF-8 a slice at a time, so the check holds no copy of the body.
 _UTF8_SLICE = 1 << 20
 
@@ -448,9 +396,9 @@ def check_events(events: list[Event], min_id_length: int = DEFAULT_MIN_ID_LENGTH
                     short_ids.setdefault(name, []).append(index)
         if event.time is not None and event.time < 0:
             invalid.setdefault("time", []).append(index)
-        for name in _NESTED_FIELDS:
+        for name in NESTED_FIELDS:
             nested = getattr(event, name)
-            if nested and _deeper_than(nested, MAX_DEPTH):
+            if nested and deeper_than(nested, MAX_DEPTH):
                 too_deep.setdefault(name, []).append(index)
     if missing or invalid or short_ids or too_deep:
         parts = []
@@ -471,27 +419,6 @@ def check_events(events: list[Event], min_id_length: int = DEFAULT_MIN_ID_LENGTH
             events_with_invalid_fields=invalid or None,
             events_with_invalid_id_lengths=short_ids or None,
         )
-
-
-# The fields that hold objects of the client's making, where the depth rule applies.
-_NESTED_FIELDS = ("event_properties", "user_properties", "groups", "group_properties")
-
-
-_CONTAINERS = frozenset({dict, list})
-
-
-def _deeper_than(value: dict[str, Any] | list[Any], levels: int) -> bool:
-    """Whether `value` nests more than `levels` objects or arrays (itself the first)."""
-    if levels <= 0:
-        return True
-    children = value.values() if value.__class__ is dict else value
-    # Most properties hold no object or array: found in C, with no Python loop.
-    if _CONTAINERS.isdisjoint(map(type, children)):
-        return False
-    for child in children:
-        if (child.__class__ is dict or child.__class__ is list) and _deeper_than(child, levels - 1):
-            return True
-    return False
 
 
 def decode_identify(
@@ -575,40 +502,3 @@ def with_operation(
     own = merged.get(operation)
     merged[operation] = {**values, **own} if isinstance(own, Mapping) else values
     return merged
-
-
-def profile_update(event: Event, profile: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """What an event does to its user's profile, as one `user_properties` update: its
-    user_properties, plus its top-level user-property fields (`city`, `platform`, ...) as
-    `$set` where they differ from `profile`. None when `$skip_user_properties_sync` is
-    true (Amplitude then leaves the user's properties as they are) or nothing applies."""
-    if event.skip_user_properties_sync:
-        return None
-    explicit = event.user_properties
-    # After a removal ($clearAll, $unset) a field is set even if the profile has it: the
-    # removal runs first. Otherwise a field equal to the profile's is no change.
-    every = explicit is not None and ("$clearAll" in explicit or "$unset" in explicit)
-    fields: dict[str, Any] | None = None
-    values = user_property_fields(event)
-    # Only the fields the event has (not None, not ""), picked in C.
-    for name, value in compress(zip(USER_PROPERTY_FIELDS, values, strict=True), values):
-        if every or profile.get(name) != value:
-            if fields is None:
-                fields = {}
-            fields[name] = value
-    if fields is None:
-        return explicit
-    return with_operation(explicit, "$set", fields)
-
-
-def dedupe_key(event: Event) -> bytes | None:
-    """The key Amplitude dedupes an event by: its insert_id per device (per user when it
-    has no device_id); None without insert_id. A fixed 16 bytes however long the ids."""
-    insert_id = event.insert_id
-    if not insert_id:
-        return None
-    return blake2b(_pack((event.device_id or event.user_id, insert_id)), digest_size=16).digest()
-
-
-# An unambiguous encoding of a few strings, for hashing: ("ab", "c") and ("a", "bc") differ.
-_pack = msgspec.msgpack.Encoder().encode

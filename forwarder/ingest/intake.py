@@ -18,7 +18,8 @@ from typing import Any
 import msgspec
 
 from forwarder.config import StorageConfig, SyncConfig
-from forwarder.ingest.amplitude import GROUP_IDENTIFY_EVENT, Event, dedupe_key, profile_update
+from forwarder.ingest.amplitude import GROUP_IDENTIFY_EVENT, Event
+from forwarder.ingest.effects import dedupe_key, profile_update
 from forwarder.ingest.route import (
     CompiledSync,
     SkipReason,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 
 class SeenInserts(Protocol):
-    """Which dedupe keys (amplitude.dedupe_key) were accepted in the last window.
+    """Which dedupe keys (ingest.effects.dedupe_key) were accepted in the last window.
 
     Keys are added only once their request's record is durable; a key seen again within
     the window is a repeat, which Amplitude answers 200 and applies nothing of.

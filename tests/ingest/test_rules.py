@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from forwarder.config import SyncConfig
-from forwarder.ingest.amplitude import Event, dedupe_key
+from forwarder.ingest.amplitude import Event
+from forwarder.ingest.effects import dedupe_key
 from forwarder.ingest.intake import Intake
 from forwarder.ingest.route import event_id
 from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
