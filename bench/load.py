@@ -164,7 +164,9 @@ async def drive(
         async def client(index: int) -> None:
             n = index
             while time.monotonic() < stop_at:
-                body = bodies[n % len(bodies)]
+                # Each send is new events: the daemon drops a repeated insert_id (as
+                # Amplitude does), so the bodies' ids get this send's number.
+                body = bodies[n % len(bodies)].replace(b'"ins-', b'"r%09d-' % n)
                 n += s.concurrency
                 started = time.perf_counter()
                 try:
