@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,7 @@ from tests.harness import (
     post_events,
     serve,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import DaemonProcess, free_port
 
 
 def write_config(tmp_path: Path, port: int, sim_url: str, **extra: str) -> Path:
@@ -69,51 +60,6 @@ max_attempts = 1000
 """
     )
     return path
-
-
-class DaemonProcess:
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        self.env = {**os.environ, "ITERABLE_KEY": "iterable-secret-key-0123456789", **(env or {})}
-        self.config = config
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> DaemonProcess:
-        self._log_file = open(self.log, "wb")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "forwarder",
-            "run",
-            "--config",
-            str(self.config),
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log_file,
-            stderr=self._log_file,
-        )
-        async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                assert self.process.returncode is None, self.log.read_text()
-                await asyncio.sleep(0.05)
-        raise AssertionError("daemon did not get ready: " + self.log.read_text())
-
-    async def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        self._log_file.close()
-        return code
-
-    def output(self) -> str:
-        return self.log.read_text()
 
 
 def batch(start: int, size: int = 50) -> list[dict[str, Any]]:

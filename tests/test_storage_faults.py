@@ -22,7 +22,8 @@ from forwarder.sim import SimulatorConfig, SimulatorState, build_simulator_app
 from forwarder.store.framing import HEADER_SIZE, scan_frames
 from forwarder.store.records import decode_record
 from tests.harness import eventually, iterable_id, post_events, serve
-from tests.test_durability import ROOT, DaemonProcess, batch, free_port, write_config
+from tests.processes import ROOT, DaemonProcess, free_port
+from tests.test_durability import batch, write_config
 
 TMPFS_BYTES = 8 * 1024 * 1024
 

@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from forwarder.ingest.connections import (
 )
 from forwarder.ops.logs import JsonFormatter, RequestDataFilter
 from tests.harness import AMPLITUDE_KEY, serve
-from tests.test_durability import ROOT, free_port
+from tests.processes import ROOT, DaemonProcess, free_port
 
 # `{},` x 6.6M: 19.8 MB of events that each cost ~400 bytes as Event structs (2.46 GB RSS
 # and a 6.75 s stall before the fix); gzip makes the upload 19 KB.
@@ -56,7 +55,7 @@ def ev(**fields: Any) -> dict[str, Any]:
 # --- the daemon as a subprocess ----------------------------------------------------------
 
 
-class Subprocess:
+class Subprocess(DaemonProcess):
     """`forwarder run` on its own port with a [server] section of our choosing."""
 
     def __init__(
@@ -66,13 +65,12 @@ class Subprocess:
         log_level: str = "info",
         file_limit: int | None = None,
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = tmp_path / "config.toml"
-        self.config.write_text(
+        port = free_port()
+        config = tmp_path / "config.toml"
+        config.write_text(
             f"""
 [server]
-listen = "127.0.0.1:{self.port}"
+listen = "127.0.0.1:{port}"
 api_keys = ["{AMPLITUDE_KEY}"]
 drain_timeout_seconds = 2
 {server}
@@ -82,63 +80,7 @@ path = "{tmp_path / "var"}"
 durability = "memory"
 """
         )
-        self.log = tmp_path / "daemon.log"
-        self.log_level = log_level
-        self.file_limit = file_limit
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> Subprocess:
-        self._log_file = open(self.log, "wb")
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "forwarder",
-            "run",
-            "--config",
-            str(self.config),
-            "--log-level",
-            self.log_level,
-            cwd=ROOT,
-            stdout=self._log_file,
-            stderr=self._log_file,
-            preexec_fn=self._limit_files if self.file_limit is not None else None,
-        )
-        async with aiohttp.ClientSession() as session:
-            for _ in range(400):  # 20 s at most
-                try:
-                    async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                assert self.process.returncode is None, self.log.read_text()
-                await asyncio.sleep(0.05)
-        raise AssertionError("daemon did not get ready: " + self.log.read_text())
-
-    def _limit_files(self) -> None:
-        """In the child: open files capped like a production host's, soft and hard."""
-        assert self.file_limit is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
-
-    def peak_rss_mb(self) -> float:
-        """VmHWM: the most resident memory the daemon ever had."""
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except asyncio.TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        self._log_file.close()
-
-    def output(self) -> str:
-        return self.log.read_text()
+        super().__init__(config, port, log_level=log_level, file_limit=file_limit)
 
 
 @pytest.fixture
