@@ -159,10 +159,6 @@ class GuardedServer(web.Server):
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
     def admit(self, handler: GuardedRequestHandler) -> bool:
         """Count a new connection in, making room past the cap; False if it was refused."""
         if len(self._open) >= self.limits.max_connections:

@@ -17,6 +17,14 @@ from forwarder.store.journal import Journal
 SEGMENT = 64 * 1024 * 1024
 
 
+async def started(path: Path, **settings: int) -> Journal:
+    """A journal recovered (from whatever `path` holds) and taking appends."""
+    journal = journal_at(path, **settings)
+    await journal.recover()
+    journal.start()
+    return journal
+
+
 def journal_at(path: Path, max_bytes: int = 10**9, segment_bytes: int = SEGMENT) -> Journal:
     return Journal(path, max_bytes=max_bytes, segment_bytes=segment_bytes)
 
@@ -42,9 +50,7 @@ async def test_group_commit_shares_fsyncs_and_survives_reopen(tmp_path: Path) ->
 
 
 async def test_checkpoint_limits_replay_and_removes_segments(tmp_path: Path) -> None:
-    journal = journal_at(tmp_path, segment_bytes=200)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path, segment_bytes=200)
     for n in range(1, 31):
         assert await journal.append(b"x" * 40, 1) == n
     segments_before = len(list(tmp_path.glob("segment-*.log")))
@@ -66,9 +72,7 @@ async def test_checkpoint_limits_replay_and_removes_segments(tmp_path: Path) -> 
 
 
 async def test_truncated_and_corrupted_tails_are_cut_on_open(tmp_path: Path) -> None:
-    journal = journal_at(tmp_path)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path)
     for _ in range(5):
         await journal.append(b"payload", 1)
     await journal.close()
@@ -99,9 +103,7 @@ async def test_truncated_and_corrupted_tails_are_cut_on_open(tmp_path: Path) -> 
 
 
 async def test_disk_cap_reports_full(tmp_path: Path) -> None:
-    journal = journal_at(tmp_path, max_bytes=100)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path, max_bytes=100)
     assert not journal.full
     await journal.append(b"y" * 200, 1)
     assert journal.full
@@ -157,9 +159,7 @@ def segment_bytes_on_disk(path: Path) -> int:
 async def test_a_short_write_is_cut_back_and_later_groups_continue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = journal_at(tmp_path)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path)
     for n in range(5):
         await journal.append(f"good {n}".encode() * 50, 1)
     size = segment_bytes_on_disk(tmp_path)
@@ -185,9 +185,7 @@ async def test_a_short_write_is_cut_back_and_later_groups_continue(
 async def test_a_failed_fsync_is_cut_back_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = journal_at(tmp_path)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path)
     await journal.append(b"kept", 1)
     size = segment_bytes_on_disk(tmp_path)
     faults = FailingWrites(journal, monkeypatch)
@@ -206,9 +204,7 @@ async def test_a_failed_fsync_is_cut_back_too(
 async def test_when_the_cut_fails_the_next_write_cuts_first_or_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = journal_at(tmp_path)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path)
     await journal.append(b"kept", 1)
     size = segment_bytes_on_disk(tmp_path)
     faults = FailingWrites(journal, monkeypatch)
@@ -232,9 +228,7 @@ async def test_when_the_cut_fails_the_next_write_cuts_first_or_is_refused(
 async def test_a_failed_checkpoint_raises_storage_unavailable_and_keeps_the_old_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = journal_at(tmp_path)
-    await journal.recover()
-    journal.start()
+    journal = await started(tmp_path)
     for n in range(1, 4):
         await journal.append(b"x", 1)
         journal.acknowledge(n)
