@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -114,13 +114,28 @@ def held_back() -> SimulatorConfig:
     return SimulatorConfig(track_bulk_per_second=50, down_until=time.monotonic() + 3600)
 
 
-async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
-    tmp_path: Path, small_disk: Path, started: list[DaemonProcess]
-) -> None:
+class HeldBack(NamedTuple):
+    """A held-back simulated Iterable and a daemon config pointing at it."""
+
+    state: SimulatorState
+    sim_config: SimulatorConfig
+    runner: web.AppRunner
+    config: Path
+    port: int
+
+
+async def held_back_setup(tmp_path: Path, **extra: str) -> HeldBack:
     state, sim_config = SimulatorState(), held_back()
     runner, sim_url = await simulator(sim_config, state)
     port = free_port()
-    config = write_config(tmp_path, port, sim_url, rate="50")
+    config = write_config(tmp_path, port, sim_url, rate="50", **extra)
+    return HeldBack(state, sim_config, runner, config, port)
+
+
+async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
+    tmp_path: Path, small_disk: Path, started: list[DaemonProcess]
+) -> None:
+    state, sim_config, runner, config, port = await held_back_setup(tmp_path)
     try:
         daemon = await launch(started, config, port)
         async with aiohttp.ClientSession() as session:
@@ -191,10 +206,7 @@ async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
 async def test_sigterm_on_a_full_disk_exits_0_and_says_what_stays_in_the_journal(
     tmp_path: Path, small_disk: Path, started: list[DaemonProcess]
 ) -> None:
-    state, sim_config = SimulatorState(), held_back()
-    runner, sim_url = await simulator(sim_config, state)
-    port = free_port()
-    config = write_config(tmp_path, port, sim_url, rate="50", drain="1")
+    state, sim_config, runner, config, port = await held_back_setup(tmp_path, drain="1")
     try:
         daemon = await launch(started, config, port)
         async with aiohttp.ClientSession() as session:
@@ -291,10 +303,7 @@ def event_ids_in(payload: bytes) -> set[str]:
 async def test_flipped_bytes_mid_segment_lose_only_that_record(
     tmp_path: Path, started: list[DaemonProcess]
 ) -> None:
-    state, sim_config = SimulatorState(), held_back()
-    runner, sim_url = await simulator(sim_config, state)
-    port = free_port()
-    config = write_config(tmp_path, port, sim_url, rate="50", drain="1")
+    state, sim_config, runner, config, port = await held_back_setup(tmp_path, drain="1")
     try:
         daemon = await launch(started, config, port)
         async with aiohttp.ClientSession() as session:
