@@ -85,6 +85,8 @@ class Daemon:
         self._pipeline: Pipeline | None = None
         self.runner: web.AppRunner | None = None
         self.url = ""
+        # Where /metrics and /status answer (the admin listener once it has its own port).
+        self.admin_url = ""
 
     @property
     def pipeline(self) -> Pipeline:
@@ -95,6 +97,7 @@ class Daemon:
         self._pipeline = await open_pipeline(self.config)
         app = build_daemon_app(self.config, self._pipeline)
         self.runner, self.url = await serve(app)
+        self.admin_url = self.url
         await self.pipeline.recover()
         await self.pipeline.start()
         app[STATE_KEY].ready = True

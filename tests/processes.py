@@ -36,6 +36,8 @@ class DaemonProcess:
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # Where /metrics and /status answer (the admin listener once it has its own port).
+        self.admin_url = self.url
         self.log = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self.env = {**os.environ, "ITERABLE_KEY": "iterable-secret-key-0123456789", **(env or {})}
         self.config = config

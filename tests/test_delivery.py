@@ -291,7 +291,7 @@ async def test_bad_api_key_pauses_the_sync_and_keeps_its_items(
         await eventually(lambda: delivery.pause.reason is not None)
         assert "API key" in delivery.pause.reason
         assert delivery.lanes.items >= 1 and not delivery.stats.dead
-        async with session.get(f"{daemon.url}/status") as response:
+        async with session.get(f"{daemon.admin_url}/status") as response:
             status = await response.json()
         assert status["syncs"][0]["state"] == "paused"
         # The operator fixes the key on Iterable's side: the sync resumes by itself.

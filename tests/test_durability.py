@@ -194,7 +194,7 @@ async def test_torn_journal_tail_keeps_the_records_before_it(tmp_path: Path) -> 
             sim_config.down_until = 0.0
             again = await Daemon(config).start()
             await eventually(lambda: len(state.event_ids) >= 40)
-            async with session.get(again.url + "/status") as response:
+            async with session.get(again.admin_url + "/status") as response:
                 status_body = await response.json()
             assert status_body["journal"]["recovery_problems"]
             assert await again.drain_and_stop()

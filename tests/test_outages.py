@@ -174,7 +174,7 @@ async def outage_run(
                 requests_before = sum(delivery.stats.requests.values())
                 await begin(simulator, session)
                 started = time.monotonic()
-                await look_while_paused(delivery, session, daemon.url, watch)
+                await look_while_paused(delivery, session, daemon.admin_url, watch)
                 # Hold the outage for its whole length; the trickle goes on meanwhile.
                 await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
                 requests_during = sum(delivery.stats.requests.values()) - requests_before

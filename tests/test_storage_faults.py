@@ -161,9 +161,9 @@ async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
             await eventually(lambda: readiness(503), timeout=5)
             status, body = await load.post()  # refused up front while the probe fails
             assert status == 503 and body["code"] == 503
-            _, status_page = await get_json(session, daemon.url + "/status")
+            _, status_page = await get_json(session, daemon.admin_url + "/status")
             assert "ENOSPC" in status_page["storage_fault"]
-            async with session.get(daemon.url + "/metrics") as response:
+            async with session.get(daemon.admin_url + "/metrics") as response:
                 metrics = await response.text()
             assert "forwarder_storage_unavailable 1.0" in metrics
             assert 'forwarder_requests_rejected_total{reason="storage_unavailable"}' in metrics
@@ -191,7 +191,7 @@ async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
         sim_config.down_until = 0.0
         restarted = await launch(started, config, port)
         async with aiohttp.ClientSession() as session:
-            _, status = await get_json(session, restarted.url + "/status")
+            _, status = await get_json(session, restarted.admin_url + "/status")
         # Every failed write was cut back: the journal holds no torn frame to skip.
         assert status["journal"]["recovery_problems"] == []
         await eventually(lambda: load.acknowledged <= state.event_ids, timeout=60)
@@ -332,8 +332,8 @@ async def test_flipped_bytes_mid_segment_lose_only_that_record(
         expected = load.acknowledged - lost
         await eventually(lambda: expected <= state.event_ids, timeout=60)
         async with aiohttp.ClientSession() as session:
-            _, status = await get_json(session, restarted.url + "/status")
-            async with session.get(restarted.url + "/metrics") as response:
+            _, status = await get_json(session, restarted.admin_url + "/status")
+            async with session.get(restarted.admin_url + "/metrics") as response:
                 metrics = await response.text()
         assert restarted.process is not None
         restarted.process.send_signal(signal.SIGTERM)

@@ -73,7 +73,7 @@ async def test_no_dead_letter_vanishes_while_the_disk_is_full(
             # Iterable refuses all 120 items; none can be written, none is settled.
             await eventually(lambda: delivery.stats.dead_letters_unwritten == 120)
             assert not delivery.stats.dead
-            async with session.get(daemon.url + "/status") as response:
+            async with session.get(daemon.admin_url + "/status") as response:
                 status = await response.json()
             assert status["syncs"][0]["dead_letters_unwritten"] == 120
             assert "cannot write dead letters" in status["syncs"][0]["last_error"]["message"]

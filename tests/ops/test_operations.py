@@ -51,7 +51,7 @@ async def test_metrics_follow_accepted_filtered_skipped_forwarded_and_dead(tmp_p
     daemon = await Daemon(config).start()
     try:
         async with aiohttp.ClientSession() as session:
-            before = await scrape(session, daemon.url)
+            before = await scrape(session, daemon.admin_url)
             assert value(before, "forwarder_events_total", outcome="accepted") == 0
             events = [
                 {
@@ -96,7 +96,7 @@ async def test_metrics_follow_accepted_filtered_skipped_forwarded_and_dead(tmp_p
             assert status == 400
             await eventually(lambda: iterable_id(events[2]) in state.event_ids)
             await daemon.pipeline.drain(10)
-            after = await scrape(session, daemon.url)
+            after = await scrape(session, daemon.admin_url)
     finally:
         await daemon.drain_and_stop()
         await runner.cleanup()
@@ -244,7 +244,7 @@ async def test_api_keys_never_reach_logs_or_errors(
                 body = await response.text()
             assert response.status == 400 and secret not in body
             await eventually(lambda: daemon.pipeline.deliveries[0].pause.reason is not None)
-            async with session.get(daemon.url + "/status") as response:
+            async with session.get(daemon.admin_url + "/status") as response:
                 assert secret not in await response.text()
     finally:
         daemon.pipeline.deliveries[0].lanes.drain_all()
