@@ -7,7 +7,7 @@ SIM_PORT ?= 9100
 # The official JS SDKs (and esbuild) that tests/clients drives; npm installs them.
 CLIENTS := tests/clients
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# Starts the bundled Iterable simulator and the daemon with the shipped config.
+# Starts the bundled Iterable simulator and the daemon with config.toml (the sample that
+# `forwarder init` writes: forwarder/config.toml links to it).
 # Ctrl-C stops both.
 run: $(VENV)/.installed
 	@$(BIN)/forwarder simulate-iterable --port $(SIM_PORT) & sim=$$!; \
@@ -50,5 +51,10 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check forwarder bench tests
 	$(BIN)/mypy
 
+# What a host installs (README, "Run as a systemd service"): not editable, no .venv, no var.
+wheel: | $(BIN)/python
+	rm -rf dist
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) var .pytest_cache $(CLIENTS)/node_modules
+	rm -rf $(VENV) var .pytest_cache $(CLIENTS)/node_modules build dist

@@ -52,10 +52,13 @@ class Scenario:
     name: str = "load"
 
 
-def daemon_config(s: Scenario, listen_port: int, sim_port: int, storage: Path) -> str:
+def daemon_config(
+    s: Scenario, listen_port: int, sim_port: int, storage: Path, admin_port: int
+) -> str:
     return f"""
 [server]
 listen = "127.0.0.1:{listen_port}"
+admin_listen = "127.0.0.1:{admin_port}"
 api_keys = ["bench-key"]
 drain_timeout_seconds = 10
 
@@ -138,7 +141,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 async def drive(
-    s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: bool
+    s: Scenario, daemon_url: str, sim_url: str, pid: int, progress: bool, admin_url: str
 ) -> dict[str, Any]:
     bodies = make_bodies(200, s.events_per_request, users=s.users, seed=7)
     tally = ClientTally()
@@ -190,7 +193,7 @@ async def drive(
             started = time.monotonic()
             while time.monotonic() < stop_at:
                 await asyncio.sleep(1.0)
-                metrics = await fetch_metrics(session, daemon_url)
+                metrics = await fetch_metrics(session, admin_url)
                 queue = metrics.get('forwarder_sync_queue_items{sync="bench"}', 0.0)
                 peak_queue = max(peak_queue, queue)
                 delivered = metrics.get(DELIVERED, 0.0)
@@ -204,10 +207,10 @@ async def drive(
                     )
 
         load_started = time.monotonic()
-        before = await fetch_metrics(session, daemon_url)
+        before = await fetch_metrics(session, admin_url)
         await asyncio.gather(monitor(), *(client(i) for i in range(s.concurrency)))
         elapsed = time.monotonic() - load_started
-        after = await fetch_metrics(session, daemon_url)
+        after = await fetch_metrics(session, admin_url)
         async with session.get(f"{sim_url}/_sim/stats") as response:
             sim = await response.json()
     delivered = after.get(DELIVERED, 0.0) - before.get(DELIVERED, 0.0)
@@ -256,16 +259,16 @@ JSON = {"Content-Type": "application/json"}
 DELIVERED = 'forwarder_sync_items_forwarded_total{endpoint="events/trackBulk",sync="bench"}'
 
 
-async def fetch_metrics(session: aiohttp.ClientSession, daemon_url: str) -> dict[str, float]:
-    async with session.get(f"{daemon_url}/metrics") as response:
+async def fetch_metrics(session: aiohttp.ClientSession, admin_url: str) -> dict[str, float]:
+    async with session.get(f"{admin_url}/metrics") as response:
         return parse_metrics(await response.text())
 
 
 def run_scenario(s: Scenario, progress: bool = True) -> dict[str, Any]:
-    sim_port, daemon_port = free_port(), free_port()
+    sim_port, daemon_port, admin_port = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="forwarder-bench-") as tmp:
         config = Path(tmp) / "config.toml"
-        config.write_text(daemon_config(s, daemon_port, sim_port, Path(tmp) / "var"))
+        config.write_text(daemon_config(s, daemon_port, sim_port, Path(tmp) / "var", admin_port))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         sim = subprocess.Popen(
             [
@@ -310,6 +313,7 @@ def run_scenario(s: Scenario, progress: bool = True) -> dict[str, Any]:
                     f"http://127.0.0.1:{sim_port}",
                     daemon.pid,
                     progress,
+                    f"http://127.0.0.1:{admin_port}",
                 )
             )
         finally:

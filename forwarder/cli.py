@@ -7,10 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from forwarder import __version__
-from forwarder.config import Config, load_config, summarize
+from forwarder.config import Config, config_warnings, load_config, summarize
 from forwarder.errors import ConfigError
+from forwarder.ops.dead_letter_cli import add_arguments as add_dead_letter_arguments
 
 EXIT_CONFIG = 2
+# `check-config --online`: the config is valid but Iterable refused a key or was unreachable.
+EXIT_PROBE = 1
 
 
 def _load(path: str) -> Config:
@@ -26,44 +29,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from forwarder.ops.logs import setup_logging
 
     config = _load(args.config)
-    setup_logging(args.log_level)
-    return run(config)
+    setup_logging(args.log_level, args.log_format)
+    return run(config, args.config)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    for warning in config_warnings(config):
+        print(f"forwarder: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK")
     print(summarize(config))
-    return 0
+    if not args.online:
+        return 0
+    import asyncio
+
+    from forwarder.ops.probe import probe_syncs
+
+    results = asyncio.run(probe_syncs(config, args.timeout))
+    for result in results:
+        print(f"sync {result.sync}: GET {result.url}: {result.said}")
+    if not results:
+        print("no enabled syncs to probe")
+    return 0 if all(result.ok for result in results) else EXIT_PROBE
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from forwarder.deliver.replay import count_by_reason, run_replay
+    from forwarder.ops.dead_letter_cli import run as run_dead_letters
 
-    config = _load(args.config)
-    try:
-        if args.replay:
-            for result in run_replay(config, args.sync, args.timeout):
-                print(
-                    f"{result.sync}: resent {result.resent}, delivered {result.delivered}, "
-                    f"dead again {result.dead_again}"
-                    + (
-                        f", {result.unreadable} unreadable line(s) kept"
-                        if result.unreadable
-                        else ""
-                    )
-                )
-            return 0
-        counts = count_by_reason(config, args.sync)
-    except KeyError:
-        print(f"forwarder: no sync named {args.sync!r} in {args.config}", file=sys.stderr)
-        return EXIT_CONFIG
-    for sync, counter in counts.items():
-        total = sum(counter.values())
-        print(f"{sync}: {total} dead letter(s)")
-        for reason, count in counter.most_common():
-            print(f"  {count:8d}  {reason}")
-    return 0
+    return run_dead_letters(args, _load(args.config))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -84,6 +77,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         asyncio.run(run_simulator(args.host, args.port, config))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from forwarder.sample import write_sample_config
+
+    try:
+        write_sample_config(Path(args.config), force=args.force)
+    except FileExistsError:
+        print(f"forwarder: {args.config} exists (--force overwrites it)", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as error:
+        print(f"forwarder: cannot write {args.config}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: sample config written; edit it, then check-config")
     return 0
 
 
@@ -118,23 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "run", cmd_run, "run the daemon", "Run the daemon until SIGTERM/SIGINT."
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    _command(
+    run.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "text"],
+        help="auto: text when stderr is a terminal, else one JSON object a line",
+    )
+    check = _command(
         commands,
         "check-config",
         cmd_check_config,
         "validate a config and print its syncs",
-        "Validate the config (exit 2 on an error naming its key path) and print a summary.",
+        "Validate the config (exit 2 on an error naming its key path) and print a summary; "
+        "--online also asks Iterable whether each enabled sync's API key works (exit 1 if "
+        "one does not).",
+    )
+    check.add_argument(
+        "--online", action="store_true", help="probe each enabled sync's key (GET /api/channels)"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds each --online probe may take"
     )
     dead = _command(
         commands,
         "dead-letters",
         cmd_dead_letters,
-        "count dead letters by reason, or resend them",
-        "List dead-letter counts by reason per sync; --replay resends them to Iterable.",
+        "list, show, replay or purge dead letters",
+        "list (the default): counts by kind per sync; show: the letters with their ids; "
+        "replay: resend them (through the running daemon when one answers); purge: remove them.",
     )
-    dead.add_argument("--sync", help="only this sync")
-    dead.add_argument("--replay", action="store_true", help="resend the dead letters")
-    dead.add_argument("--timeout", type=float, default=600.0, help="seconds a replay may take")
+    add_dead_letter_arguments(dead)
+    init = _command(
+        commands,
+        "init",
+        cmd_init,
+        "write a commented sample config",
+        "Write the commented sample config.toml (mode 0640) to --config; exit 2 if it exists.",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
     # The simulator reads no config.toml: its knobs are its own flags.
     sim = _command(
         commands,

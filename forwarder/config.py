@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -51,12 +55,18 @@ _Number = TypeVar("_Number", int, float)
 Positive = Annotated[_Number, _POSITIVE]
 
 
+# The smallest dead-letter cap: a few letters (about 1 KB each).
+MIN_DEAD_LETTER_BYTES = 4096
+
 # Amplitude takes 2,000 events a request; far more would make one request's memory huge.
 MAX_EVENTS_PER_REQUEST_CEILING = 100_000
 
 
 class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
+    # HOST:PORT for /metrics, /status and the operator routes: off the public ingest port,
+    # which browsers reach, as Vector (8686) and Fluent Bit (2020) keep theirs.
+    admin_listen: str = "127.0.0.1:9180"
     api_keys: list[str] = []
     max_body_bytes: Positive[int] = 20_000_000
     # Amplitude's HTTP V2 API takes at most 2000 events per request (413 past it; the SDKs
@@ -87,6 +97,14 @@ class ServerConfig(_Section):
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 
+    @property
+    def admin_host(self) -> str:
+        return self.admin_listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.admin_listen.rsplit(":", 1)[1])
+
 
 class StorageConfig(_Section):
     path: str = "var"
@@ -115,6 +133,11 @@ class StorageConfig(_Section):
     # and a repeat of one is applied again. SDK retries come within minutes, so the window
     # that matters is covered: a million events back.
     dedupe_max_entries: Positive[int] = 1_000_000
+    # Bytes each sync's dead-letter file may hold. Past it no letter is dropped: new dead
+    # items wait unacknowledged (the journal keeps them, then ingest answers 429) until an
+    # operator replays or purges. 1 GB is about a million letters: far more than a day of
+    # a bad mapping, and well short of filling the disk the journal needs.
+    dead_letter_max_bytes: Positive[int] = 1_000_000_000
 
 
 class Filter(_Section):
@@ -306,7 +329,44 @@ def _from_validation_error(error: msgspec.ValidationError) -> ConfigError:
     if message.startswith("Object missing required field "):
         field = message.removeprefix("Object missing required field ")
         return ConfigError(_join(path, field), "required key is missing")
+    if message.startswith("Invalid enum value "):
+        allowed = _allowed_values(path)
+        if allowed:
+            given = message.removeprefix("Invalid enum value ")
+            expected = ", ".join(f'"{value}"' for value in allowed)
+            return ConfigError(path, f"invalid value {given}: expected one of {expected}")
     return ConfigError(path, message[0].lower() + message[1:] if message else "invalid value")
+
+
+_PATH_STEP = re.compile(r"\.?([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _allowed_values(path: str) -> tuple[Any, ...]:
+    """The values of the Literal at a key path (`syncs[0].region`), else ()."""
+    kind: Any = Config
+    for match in _PATH_STEP.finditer(path):
+        kind = _unwrap(kind)
+        name, index = match.groups()
+        if index is not None:
+            args = typing.get_args(kind)
+            kind = args[0] if typing.get_origin(kind) is list and args else None
+        elif isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            fields = {info.name: info.type for info in msgspec.structs.fields(kind)}
+            kind = fields.get(name)
+        else:
+            return ()
+    kind = _unwrap(kind)
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
+
+
+def _unwrap(kind: Any) -> Any:
+    """The type under Annotated[...] and `X | None`."""
+    if typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    if len(args) == 1 and typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return args[0]
+    return kind
 
 
 def parse_config(
@@ -351,6 +411,16 @@ def is_property_path(path: str) -> bool:
     return path in EVENT_FIELDS
 
 
+def _check_admin_listen(server: ServerConfig) -> None:
+    admin = server.admin_listen
+    if ":" not in admin or not admin.rsplit(":", 1)[1].isdigit():
+        raise ConfigError("server.admin_listen", f"expected HOST:PORT, got {admin!r}")
+    if not 0 <= server.admin_port < 65536:  # 0: any free port
+        raise ConfigError("server.admin_listen", f"port {server.admin_port} is out of range")
+    if server.admin_port == server.port != 0 and server.admin_host == server.host:
+        raise ConfigError("server.admin_listen", f"is the same address as server.listen ({admin})")
+
+
 def check_config(config: Config) -> None:
     """Rules a type cannot say: ranges, unique names, property paths, filter values."""
     server = config.server
@@ -359,6 +429,7 @@ def check_config(config: Config) -> None:
         raise ConfigError("server.listen", f"expected HOST:PORT, got {listen!r}")
     if not 0 <= server.port < 65536:  # 0: any free port
         raise ConfigError("server.listen", f"port {server.port} is out of range")
+    _check_admin_listen(server)
     if not server.api_keys:
         raise ConfigError("server.api_keys", "at least one Amplitude API key is required")
     for i, key in enumerate(server.api_keys):
@@ -380,6 +451,12 @@ def check_config(config: Config) -> None:
     if not config.storage.path:
         raise ConfigError("storage.path", "is empty")
     _check_positive(config.storage, "storage")
+    if config.storage.dead_letter_max_bytes < MIN_DEAD_LETTER_BYTES:
+        # Below a few letters' worth every dead item would wait: a typo, not a choice.
+        raise ConfigError(
+            "storage.dead_letter_max_bytes",
+            f"at least {MIN_DEAD_LETTER_BYTES}, got {config.storage.dead_letter_max_bytes}",
+        )
 
     names: set[str] = set()
     for i, sync in enumerate(config.syncs):
@@ -393,6 +470,13 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"{at}.api_key", "is empty")
         if sync.base_url is not None and not re.match(r"https?://[^/]+", sync.base_url):
             raise ConfigError(f"{at}.base_url", "expected an http:// or https:// URL")
+        if sync.enabled and sync.api_key in DEV_ITERABLE_KEYS and targets_iterable(sync):
+            raise ConfigError(
+                f"{at}.api_key",
+                f"{sync.api_key!r} is the shipped development key and this sync sends to "
+                f"Iterable ({sync.endpoint_base}): set ITERABLE_API_KEY to the project's "
+                "server-side key, or point base_url at a simulator",
+            )
         _check_mappings(sync.mappings, f"{at}.mappings")
         if sync.project_type == "userid-based" and not sync.mappings.user_id:
             raise ConfigError(
@@ -404,6 +488,44 @@ def check_config(config: Config) -> None:
             _property_name(name, f"{at}.users.user_properties[{j}]")
         _check_limits(sync.limits, f"{at}.limits")
         _check_delivery(sync.delivery, f"{at}.delivery")
+
+
+# Keys config.toml falls back to when the environment sets none: fine against the
+# simulator (`make run`), never to be sent to the real Iterable or exposed beyond loopback.
+DEV_ITERABLE_KEYS = frozenset({"simulator-key"})
+DEV_AMPLITUDE_KEYS = frozenset({"local-dev-key"})
+
+
+def targets_iterable(sync: SyncConfig) -> bool:
+    """True when the sync sends to Iterable itself: no base_url, or one on iterable.com."""
+    if not sync.base_url:
+        return True
+    host = (urlsplit(sync.base_url).hostname or "").lower().rstrip(".")
+    return host == "iterable.com" or host.endswith(".iterable.com")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address): reachable from elsewhere
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Risky but usable settings, for check-config and the daemon's start: key-path lines."""
+    warnings = []
+    server = config.server
+    if not _is_loopback(server.host):
+        for i, key in enumerate(server.api_keys):
+            if key in DEV_AMPLITUDE_KEYS:
+                warnings.append(
+                    f"server.api_keys[{i}]: {key!r} is the shipped development key and "
+                    f"listen {server.listen} is not a loopback address: anyone who can reach "
+                    "it can send (set AMPLITUDE_API_KEY)"
+                )
+    return warnings
 
 
 def _check_mappings(mappings: MappingsConfig, at: str) -> None:

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
 
-from forwarder.config import Config
+from forwarder.config import Config, config_warnings
 from forwarder.deliver.rate import RateGates
 from forwarder.deliver.sync import SyncDelivery
-from forwarder.errors import StorageLocked
+from forwarder.errors import ListenError, StorageLocked
 from forwarder.ingest.app import STATE_KEY, build_app
 from forwarder.ingest.connections import GuardedAppRunner, raise_file_limit
 from forwarder.ingest.intake import Intake
 from forwarder.ops import systemd
-from forwarder.ops.metrics import metrics_handler
-from forwarder.ops.status import status_handler
+from forwarder.ops.admin import build_admin_app, serve_admin
+from forwarder.ops.logs import log_start
 from forwarder.pipeline import Pipeline
+from forwarder.reload import ConfigSource
 from forwarder.store.dead_letters import DeadLetterFile, dead_letter_path
 from forwarder.store.dedupe import MemorySeenInserts, SeenInserts
 from forwarder.store.health import StorageHealth
 from forwarder.store.journal import Journal
+from forwarder.store.letter_aside import restore_asides
 from forwarder.store.lock import StorageLock
 from forwarder.store.log import DurableLog, NoLog
 from forwarder.store.profiles import MemoryProfileStore, ProfileStore
@@ -34,12 +39,17 @@ log = logging.getLogger("forwarder.daemon")
 
 # Exit status when another process holds storage.path (as for a config error: don't restart).
 EXIT_LOCKED = 2
+# A listen address in use (or not ours to bind): 1, so systemd tries again in a moment, as
+# the previous process may still be closing its sockets.
+EXIT_LISTEN = 1
 
 
 async def open_pipeline(config: Config) -> Pipeline:
     """The pipeline the config describes, its storage open and nothing started."""
     storage = config.storage
     journaled = storage.durability == "journal"
+    # Letters a replay or purge had moved aside when its process stopped go back first.
+    restore_asides(Path(storage.path) / "dead-letters")
     profiles: ProfileStore
     durable_log: DurableLog
     seen: SeenInserts
@@ -68,26 +78,35 @@ async def open_pipeline(config: Config) -> Pipeline:
         SyncDelivery(
             sync,
             rate,
-            DeadLetterFile(dead_letter_path(storage.path, sync.name), fsync=journaled),
+            DeadLetterFile(
+                dead_letter_path(storage.path, sync.name),
+                fsync=journaled,
+                max_bytes=storage.dead_letter_max_bytes,
+            ),
             acknowledge=durable_log.acknowledge,
         )
         for sync in enabled
     ]
     intake = Intake(enabled, profiles, storage.max_profile_bytes, seen)
-    return Pipeline(config, intake, durable_log, deliveries, health)
+    return Pipeline(config, intake, durable_log, deliveries, health, rate=rate)
 
 
 def build_daemon_app(config: Config, pipeline: Pipeline) -> web.Application:
-    """The ingest app plus the operations routes that read the pipeline's snapshot."""
-    app = build_app(config.server, pipeline, lambda: pipeline.storage.fault)
-    app.router.add_get("/metrics", metrics_handler(pipeline.snapshot, app[STATE_KEY]))
-    app.router.add_get("/status", status_handler(pipeline.snapshot))
-    return app
+    """The ingest app (the public port); the operator routes are ops/admin.py's."""
+    return build_app(config.server, pipeline, lambda: pipeline.storage.fault)
 
 
-async def serve(config: Config, stop: asyncio.Event) -> int:
-    """Run until `stop` is set, then drain; the process exit status."""
+async def serve(
+    config: Config,
+    stop: asyncio.Event,
+    reload: asyncio.Event | None = None,
+    config_path: str | None = None,
+) -> int:
+    """Run until `stop` is set, then drain; the process exit status. Each time `reload`
+    is set, `config_path` is read again and its syncs put in force."""
     pipeline = await open_pipeline(config)
+    if config_path is not None:
+        pipeline.config_source = ConfigSource.at_start(config_path)
     app = build_daemon_app(config, pipeline)
     raise_file_limit(config.server.max_connections)
     runner = GuardedAppRunner(
@@ -99,33 +118,43 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     )
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-    await site.start()
+    with _binding(config.server.listen):
+        await site.start()
     state = app[STATE_KEY]
+    with _binding(config.server.admin_listen):
+        admin = await serve_admin(build_admin_app(pipeline, state), config.server)
     watchdog: asyncio.Task[None] | None = None
     interval = systemd.watchdog_interval()
     if interval is not None:
         watchdog = asyncio.create_task(systemd.watchdog_loop(interval), name="watchdog")
     # Serving before recovery, so /healthz answers and /readyz says "not yet".
-    await pipeline.recover()
+    progress = systemd.StartupProgress()
+    replayed = await pipeline.recover(progress.reading, progress.replaying)
     await pipeline.start()
     state.ready = True
-    systemd.notify("READY=1")
+    progress.ready(f"listening on {config.server.listen}, {replayed} journal record(s) replayed")
     log.info(
-        "listening on %s with %d sync(s)",
+        "listening on %s (admin %s) with %d sync(s)",
         config.server.listen,
+        config.server.admin_listen,
         len(pipeline.deliveries),
         extra={"syncs": [d.name for d in pipeline.deliveries]},
     )
+    reloader = asyncio.create_task(pipeline.reload_on(reload), name="reload") if reload else None
     await stop.wait()
+    if reloader is not None:
+        reloader.cancel()
     # Readiness off and new ingest answered 429 (clients retry elsewhere or later) while
     # the site stays up, so /readyz and /healthz still answer during the drain.
-    systemd.notify("STOPPING=1")
+    server = config.server
+    systemd.stopping(server.drain_timeout_seconds + server.shutdown_timeout_seconds)
     log.info("draining: new requests get 429, queued items are flushed")
     state.ready = False
     state.accepting = False
     drained = await pipeline.drain(config.server.drain_timeout_seconds)
     left = await pipeline.stop()
     await runner.cleanup()
+    await admin.cleanup()
     if watchdog is not None:
         watchdog.cancel()
     if drained:
@@ -137,8 +166,18 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     return 0
 
 
-def run(config: Config) -> int:
-    """`forwarder run`: one uvloop process until SIGTERM or SIGINT."""
+@contextlib.contextmanager
+def _binding(address: str) -> Iterator[None]:
+    """A failed bind (in use, no permission) as a ListenError naming the address."""
+    try:
+        yield
+    except OSError as error:
+        raise ListenError(address, error) from None
+
+
+def run(config: Config, config_path: str | None = None) -> int:
+    """`forwarder run`: one uvloop process until SIGTERM or SIGINT; SIGHUP re-reads
+    `config_path` (the file `config` came from)."""
     import uvloop
 
     # Before anything under storage.path is opened: a second daemon there would interleave
@@ -148,15 +187,23 @@ def run(config: Config) -> int:
     except StorageLocked as error:
         log.critical("%s", error)
         return EXIT_LOCKED
+    log_start(config_path, config_warnings(config))
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await serve(config, stop)
+        # Set from the start, so a SIGHUP while starting waits for the reload (the default
+        # action would end the process); handled once the pipeline runs.
+        reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        return await serve(config, stop, reload, config_path)
 
     try:
         return uvloop.run(main())
+    except ListenError as error:  # one line, not a traceback: the operator's fix is plain
+        print(f"forwarder: {error}", file=sys.stderr)
+        return EXIT_LISTEN
     finally:
         lock.release()

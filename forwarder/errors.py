@@ -7,6 +7,7 @@ metric label and the `kind` of a dead-letter record, so nothing parses a message
 from __future__ import annotations
 
 import enum
+import os
 import re
 
 import msgspec
@@ -45,6 +46,9 @@ class FailureKind(enum.Enum):
     REFUSED = "refused"
     RETRIES_EXHAUSTED = "retries_exhausted"
     REPLAY_TIMEOUT = "replay_timeout"
+    # The journal held the item for a sync a config reload (or an edit before a restart)
+    # removed or disabled: kept as that sync's dead letter, for a replay if it comes back.
+    SYNC_REMOVED = "sync_removed"
 
 
 class Failure(msgspec.Struct, frozen=True):
@@ -84,6 +88,18 @@ class StorageLocked(ForwarderError):
         super().__init__(f"storage.path {path} is locked by {holder}: another forwarder runs there")
         self.path = path
         self.pid = pid
+
+
+class ListenError(ForwarderError):
+    """A listen address the daemon cannot bind (in use, no permission, no such address)."""
+
+    def __init__(self, address: str, error: OSError) -> None:
+        # os.strerror for errno's plain words (uvloop's text quotes the address tuple);
+        # a lookup failure (gaierror) has a negative code and its own words.
+        code = error.errno or 0
+        why = os.strerror(code) if code > 0 else (error.strerror or str(error))
+        super().__init__(f"cannot listen on {address}: {why[:1].lower()}{why[1:]}")
+        self.address = address
 
 
 # --- what an error may show -----------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Accepted events are routed by the intake, written to the durable log as one record per
 request, and queued for delivery once the record is durable, in log order. Delivery
-acknowledges each item to the log once it is settled; the checkpoint follows.
+acknowledges each item to the log once it is settled; the checkpoint follows. A config
+reload (SIGHUP) swaps the syncs between two requests.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ from collections.abc import Sequence
 
 import msgspec
 
-from forwarder.config import Config
+from forwarder.config import Config, SyncConfig
+from forwarder.deliver.deliveries import Deliveries
+from forwarder.deliver.rate import RateBudget
+from forwarder.deliver.stats import DeliveryStats
 from forwarder.deliver.sync import SyncDelivery
-from forwarder.errors import StorageUnavailable
+from forwarder.errors import ConfigError, StorageUnavailable
 from forwarder.ingest.amplitude import Event
 from forwarder.ingest.intake import Intake, Intaken, Routed, patches_of
 from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+from forwarder.reload import ConfigSource, diff_configs, enabled_syncs, read_config_file
+from forwarder.store.dead_letters import DeadLetterFile, dead_letter_path
 from forwarder.store.health import StorageHealth
-from forwarder.store.log import DurableLog
+from forwarder.store.log import DurableLog, ProgressReport
+from forwarder.store.orphans import dead_letter_orphans
 from forwarder.store.records import Record, RecordItem, decode_item, decode_record, encode_record
 
 log = logging.getLogger("forwarder.daemon")
@@ -38,14 +45,24 @@ class Pipeline:
         durable_log: DurableLog,
         deliveries: Sequence[SyncDelivery],
         storage: StorageHealth | None = None,
+        rate: RateBudget | None = None,
     ) -> None:
         self.config = config
         # Off after a storage error (ingest answers 503) until a probe write works.
         self.storage = storage or StorageHealth(None)
         self.intake = intake
         self.log = durable_log
-        self.deliveries = list(deliveries)
-        self._index = {delivery.name: index for index, delivery in enumerate(self.deliveries)}
+        # Without a rate budget the syncs cannot be reloaded (a pipeline built by hand).
+        self.fleet = Deliveries(deliveries, rate, None if rate is None else self._new_delivery)
+        self._rate = rate
+        # The active deliveries, in the enabled syncs' order (a new list on each reload).
+        self.deliveries = self.fleet.active
+        # The file the config came from, once the daemon says (what SIGHUP re-reads).
+        self.config_source: ConfigSource | None = None
+        # The last record appended: a delivery a reload retires drains once it is durable.
+        self._last_append: asyncio.Future[int] | None = None
+        # Items recovery found for syncs no longer configured, dead-lettered: per sync name.
+        self.unconfigured_dead_letters: dict[str, int] = {}
         # Journal records replayed at the last start (shown in /status).
         self.replayed_records = 0
         # True until recover() ran: ingest waits (429) so new records follow replayed ones.
@@ -91,10 +108,14 @@ class Pipeline:
             payload = self._record(intaken) if self.log.durable else b""
             # Appended under the lock so log order is processing order.
             durable = self.log.append(payload, len(intaken.routed))
+            self._last_append = durable
             self.intake.stage(intaken, durable)
             # Committed when durable, in log order, even if this request's handler is
-            # cancelled meanwhile (hence the callback and the shield).
-            durable.add_done_callback(functools.partial(self._record_settled, intaken))
+            # cancelled meanwhile (hence the callback and the shield). The items go to the
+            # deliveries they were routed for, even if a reload comes in between.
+            durable.add_done_callback(
+                functools.partial(self._record_settled, intaken, self.deliveries)
+            )
         try:
             await asyncio.shield(durable)
         except StorageUnavailable as error:
@@ -110,25 +131,118 @@ class Pipeline:
             Record(items, patches=patches_of(intaken), seen=list(intaken.seen), seen_at=intaken.now)
         )
 
-    def _record_settled(self, intaken: Intaken, durable: asyncio.Future[int]) -> None:
+    def _record_settled(
+        self, intaken: Intaken, deliveries: list[SyncDelivery], durable: asyncio.Future[int]
+    ) -> None:
         if durable.cancelled() or durable.exception() is not None:
             # The client was refused: nothing of it is owed, and no profile keeps it.
             self.intake.forget_failed()
             return
         self.intake.commit(intaken, durable)
-        self._enqueue(intaken.routed, durable.result() if self.log.durable else None)
+        self._enqueue(deliveries, intaken.routed, durable.result() if self.log.durable else None)
 
-    def _enqueue(self, routed: list[Routed], seq: int | None) -> None:
-        deliveries = self.deliveries
+    def _enqueue(
+        self, deliveries: list[SyncDelivery], routed: list[Routed], seq: int | None
+    ) -> None:
         for index, endpoint, item, data in routed:
             deliveries[index].enqueue(endpoint, item, data, seq)
 
+    # --- a config reload -----------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file (SIGHUP); True when the new config is in force.
+
+        A file that cannot be read or used is refused with one error line naming the
+        problem, and the config in force stays.
+        """
+        source = self.config_source
+        if source is None:
+            log.error("config reload refused: the daemon was not started from a config file")
+            return False
+        try:
+            loaded = read_config_file(source.path)
+        except ConfigError as error:
+            source.refuse(str(error))
+            log.error("config reload refused, the config in force stays: %s", error)
+            return False
+        await self.apply_config(loaded.config)
+        source.loaded(loaded.sha256)
+        return True
+
+    async def apply_config(self, config: Config) -> None:
+        """Put a new config's syncs in force between two requests.
+
+        Items already routed keep the syncs they were routed for; [server] and [storage]
+        stay as they are until a restart (one warning names what differs).
+        """
+        async with self._lock:
+            change = diff_configs(self.config, config)
+            if change.needs_restart:
+                log.warning(
+                    "config reload: %s changed and only take effect at a restart; the "
+                    "values in force stay",
+                    ", ".join(change.needs_restart),
+                    extra={"keys": change.needs_restart},
+                )
+            syncs = enabled_syncs(change.effective)
+            self.deliveries = await self.fleet.reconfigure(syncs, self._last_append)
+            self.intake.reconfigure(syncs)
+            self.config = change.effective
+        log.info(
+            "config reloaded: %s",
+            change.summary,
+            extra={"added": change.added, "removed": change.removed, "changed": change.changed},
+        )
+
+    def _new_delivery(self, sync: SyncConfig, stats: DeliveryStats) -> SyncDelivery:
+        """A delivery for a sync a reload adds, wired as the daemon wires them at start."""
+        assert self._rate is not None
+        return SyncDelivery(
+            sync,
+            self._rate,
+            self._dead_letter_file(sync.name),
+            acknowledge=self.log.acknowledge,
+            stats=stats,
+        )
+
+    def _dead_letter_file(self, sync: str) -> DeadLetterFile:
+        storage = self.config.storage
+        return DeadLetterFile(
+            dead_letter_path(storage.path, sync),
+            fsync=storage.durability == "journal",
+            max_bytes=storage.dead_letter_max_bytes,
+        )
+
+    async def reload_on(self, requested: asyncio.Event) -> None:
+        """Reload each time `requested` is set (the daemon's SIGHUP handler sets it)."""
+        while True:
+            await requested.wait()
+            requested.clear()
+            try:
+                await self.reload()
+            except Exception:  # a bug must not end reloading, nor the daemon
+                log.exception("config reload failed")
+
     # --- lifecycle -----------------------------------------------------------------
 
-    async def recover(self) -> int:
-        """Replay what the log holds past its checkpoint; the number of records."""
-        records = await self.log.recover()
-        for seq, payload in records:
+    async def recover(
+        self,
+        reading: ProgressReport | None = None,
+        replaying: ProgressReport | None = None,
+    ) -> int:
+        """Replay what the log holds past its checkpoint; the number of records.
+
+        `reading(bytes, of_bytes)` and `replaying(records, of_records)` hear how far it got
+        (the daemon tells systemd, so a long replay does not hit the start timeout).
+        """
+        records = await self.log.recover(reading)
+        total = len(records)
+        index_of = {delivery.name: index for index, delivery in enumerate(self.deliveries)}
+        # Items of syncs no longer configured (or disabled), by sync: (seq, item).
+        orphans: dict[str, list[tuple[int, RecordItem]]] = {}
+        for done, (seq, payload) in enumerate(records):
+            if replaying is not None:
+                replaying(done, total)
             try:
                 record = decode_record(payload)
             except msgspec.DecodeError as error:
@@ -138,25 +252,35 @@ class Pipeline:
             await self.intake.restore(record)
             routed: list[Routed] = []
             for entry in record.items:
-                index = self._index.get(entry.sync)
+                index = index_of.get(entry.sync)
                 if index is None:
-                    log.warning(
-                        "journal names sync %r, which is not enabled: item dropped", entry.sync
-                    )
+                    orphans.setdefault(entry.sync, []).append((seq, entry))
                     continue
                 endpoint, item = decode_item(entry)
                 routed.append((index, endpoint, item, entry.item))
-            self.log.expect(seq, len(routed))
-            self._enqueue(routed, seq)
+            # The orphans are settled once their dead letters are written (below).
+            self.log.expect(seq, len(record.items))
+            self._enqueue(self.deliveries, routed, seq)
+        for name, entries in orphans.items():
+            self._dead_letter_orphans(name, entries)
         self.replayed_records = len(records)
         self.recovering = False
         if records:
             log.info("journal recovered: %d record(s) replayed", len(records))
         return len(records)
 
+    def _dead_letter_orphans(self, sync: str, entries: list[tuple[int, RecordItem]]) -> None:
+        """Items the journal holds for a sync no longer configured: its dead letters
+        (a replay resends them if it comes back), acknowledged once written."""
+        if not dead_letter_orphans(sync, entries, self._dead_letter_file(sync)):
+            return
+        for seq, _ in entries:
+            self.log.acknowledge(seq, 1)
+        count = self.unconfigured_dead_letters.get(sync, 0) + len(entries)
+        self.unconfigured_dead_letters[sync] = count
+
     async def start(self) -> None:
-        for delivery in self.deliveries:
-            await delivery.start()
+        await self.fleet.start()
         self.log.start()
         if self.log.durable:
             self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="checkpoint")
@@ -195,17 +319,14 @@ class Pipeline:
 
     async def drain(self, timeout: float) -> bool:
         """Send what is queued, for up to `timeout` seconds; True when all of it settled."""
-        results = await asyncio.gather(*(d.flush(timeout) for d in self.deliveries))
-        return all(results)
+        return await self.fleet.flush(timeout)
 
     async def stop(self) -> int:
         """Stop delivery, persist profiles and the checkpoint; how many items were left."""
         if self._checkpointer is not None:
             self._checkpointer.cancel()
             await asyncio.gather(self._checkpointer, return_exceptions=True)
-        left = 0
-        for delivery in self.deliveries:
-            left += len(await delivery.stop())
+        left = await self.fleet.stop()
         saved = await self.checkpoint()
         await self.log.close()
         try:
@@ -250,10 +371,20 @@ class Pipeline:
                     queued_items=delivery.lanes.items,
                     queued_bytes=delivery.lanes.bytes,
                     paused=delivery.pause.reason,
+                    max_queued_items=delivery.sync.delivery.max_queued_items,
+                    max_queued_bytes=delivery.sync.delivery.max_queued_bytes,
+                    draining=delivery.name in self.fleet.draining,
+                    dead_letter_bytes=delivery.settlement.dead_letters.size(),
+                    dead_letter_max_bytes=delivery.settlement.dead_letters.max_bytes,
+                    dead_letter_at_cap=delivery.settlement.dead_letters.at_cap,
                 )
-                for delivery, route in zip(self.deliveries, self.intake.stats, strict=True)
+                for delivery in self.fleet.every()
+                for route in (self.intake.route_stats(delivery.name),)
             ],
             disabled_syncs=[s.name for s in self.config.syncs if not s.enabled],
             profile_changes_refused=self.intake.totals.profile_changes_refused,
             storage_fault=self.storage.fault,
+            journal_max_bytes=self.config.storage.journal_max_bytes,
+            config=self.config_source.snapshot() if self.config_source else None,
+            unconfigured_dead_letters=dict(self.unconfigured_dead_letters),
         )

@@ -17,6 +17,7 @@ from forwarder.daemon import build_daemon_app, open_pipeline
 from forwarder.ingest.amplitude import Event
 from forwarder.ingest.app import STATE_KEY
 from forwarder.ingest.route import event_id
+from forwarder.ops.admin import build_admin_app
 from forwarder.pipeline import Pipeline
 
 AMPLITUDE_KEY = "test-amplitude-key"
@@ -68,6 +69,7 @@ def make_config(
     raw = {
         "server": {
             "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
             "api_keys": [AMPLITUDE_KEY],
             "drain_timeout_seconds": 10,
         },
@@ -84,8 +86,9 @@ class Daemon:
         self.config = config
         self._pipeline: Pipeline | None = None
         self.runner: web.AppRunner | None = None
+        self.admin_runner: web.AppRunner | None = None
         self.url = ""
-        # Where /metrics and /status answer (the admin listener once it has its own port).
+        # The admin listener's own port: /metrics, /status (and /healthz, /readyz).
         self.admin_url = ""
 
     @property
@@ -97,7 +100,8 @@ class Daemon:
         self._pipeline = await open_pipeline(self.config)
         app = build_daemon_app(self.config, self._pipeline)
         self.runner, self.url = await serve(app)
-        self.admin_url = self.url
+        admin = build_admin_app(self._pipeline, app[STATE_KEY])
+        self.admin_runner, self.admin_url = await serve(admin)
         await self.pipeline.recover()
         await self.pipeline.start()
         app[STATE_KEY].ready = True
@@ -105,13 +109,23 @@ class Daemon:
         return self
 
     async def drain_and_stop(self, timeout: float = 20.0) -> bool:
-        assert self.runner is not None
+        assert self.runner is not None and self.admin_runner is not None
         self.app[STATE_KEY].ready = False
         self.app[STATE_KEY].accepting = False
         drained = await self.pipeline.drain(timeout)
         await self.pipeline.stop()
-        await self.runner.cleanup()
+        await self.close_listeners()
         return drained
+
+    async def crash(self) -> None:
+        """Stop as a crash would: the pipeline stopped, nothing drained, both ports shut."""
+        await self.pipeline.stop()
+        await self.close_listeners()
+
+    async def close_listeners(self) -> None:
+        assert self.runner is not None and self.admin_runner is not None
+        await self.runner.cleanup()
+        await self.admin_runner.cleanup()
 
 
 def iterable_id(event: dict[str, Any]) -> str:

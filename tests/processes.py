@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def listen_lines(port: int) -> str:
+    """A test config's `[server]` addresses: ingest on `port`, admin on a free port of its
+    own (never 9180: another daemon, or another test, may hold it)."""
+    return f'listen = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{free_port()}"'
 
 
 class DaemonProcess:
@@ -36,8 +43,6 @@ class DaemonProcess:
     ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        # Where /metrics and /status answer (the admin listener once it has its own port).
-        self.admin_url = self.url
         self.log = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self.env = {**os.environ, "ITERABLE_KEY": "iterable-secret-key-0123456789", **(env or {})}
         self.config = config
@@ -68,13 +73,25 @@ class DaemonProcess:
             while time.monotonic() < deadline:
                 try:
                     async with session.get(self.url + "/readyz") as response:
-                        if response.status == 200:
-                            return self
+                        ready = response.status == 200
+                    if ready:
+                        # Up before recovery, so it answers by now; on the config's port.
+                        async with session.get(self.admin_url + "/healthz") as response:
+                            assert response.status == 200, self.log.read_text()
+                        return self
                 except aiohttp.ClientError:
                     pass
                 assert self.process.returncode is None, self.log.read_text()
                 await asyncio.sleep(0.05)
         raise AssertionError("daemon did not get ready: " + self.log.read_text())
+
+    @property
+    def admin_url(self) -> str:
+        """Where /metrics and /status answer: the config's [server] admin_listen."""
+        server = tomllib.loads(self.config.read_text()).get("server", {})
+        admin = server.get("admin_listen")
+        assert admin, f"{self.config} has no admin_listen: write [server] with listen_lines()"
+        return f"http://{admin}"
 
     def _limit_files(self) -> None:
         assert self.file_limit is not None

@@ -21,7 +21,7 @@ from tests.harness import (
     post_events,
     serve,
 )
-from tests.processes import DaemonProcess, free_port
+from tests.processes import DaemonProcess, free_port, listen_lines
 
 
 def write_config(tmp_path: Path, port: int, sim_url: str, **extra: str) -> Path:
@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, port: int, sim_url: str, **extra: str) -> Path:
     path.write_text(
         f"""
 [server]
-listen = "127.0.0.1:{port}"
+{listen_lines(port)}
 api_keys = ["{AMPLITUDE_KEY}"]
 drain_timeout_seconds = {extra.get("drain", "15")}
 
@@ -184,9 +184,7 @@ async def test_torn_journal_tail_keeps_the_records_before_it(tmp_path: Path) -> 
             for k in range(5):
                 status, _ = await post_events(session, daemon.url, batch(k * 10, 10))
                 assert status == 200
-            assert daemon.runner is not None
-            await daemon.pipeline.stop()  # like a crash: nothing drained
-            await daemon.runner.cleanup()
+            await daemon.crash()
             segments = sorted((tmp_path / "var" / "journal").glob("segment-*.log"))
             data = segments[-1].read_bytes()
             segments[-1].write_bytes(data[:-5])  # the last record's write was torn
@@ -221,8 +219,6 @@ async def test_journal_disk_cap_answers_429_not_a_crash(tmp_path: Path) -> None:
             assert statuses[0] == 200 and 429 in statuses
             async with session.get(daemon.url + "/healthz") as response:
                 assert response.status == 200
-            assert daemon.runner is not None
-            await daemon.pipeline.stop()
-            await daemon.runner.cleanup()
+            await daemon.crash()
     finally:
         await runner.cleanup()

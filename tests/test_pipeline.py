@@ -153,9 +153,7 @@ async def test_a_stored_record_keeps_its_event_ids_across_a_restart(
     event = {"event_type": "Ping", "user_id": "user-00004", "user_properties": {}}
     event["user_properties"] = {"$set": {"email": "di@example.com"}}
     assert (await post_events(session, daemon.url, [event]))[0] == 200
-    await daemon.pipeline.stop()  # like a crash: nothing drained
-    assert daemon.runner is not None
-    await daemon.runner.cleanup()
+    await daemon.crash()
 
     peek = Journal(tmp_path / "var" / "journal", max_bytes=10**9, segment_bytes=1 << 26)
     records = [decode_record(payload) for _, payload in await peek.recover()]

@@ -23,7 +23,8 @@ class Batcher:
 
     A partial batch waits up to `linger` seconds after its oldest item was queued, so low
     traffic still flows; a full one, or any while flushing, goes at once. While the sync
-    is paused only one probe batch goes per interval.
+    is paused only one probe batch goes per interval. A reload sets `caps`, `linger` and
+    `api_key` in place.
     """
 
     endpoint: Endpoint
@@ -40,8 +41,10 @@ class Batcher:
     flushing: bool = field(default=False, init=False)
 
     async def run(self) -> None:
-        endpoint, lanes, caps = self.endpoint, self.lanes, self.caps
+        endpoint, lanes = self.endpoint, self.lanes
         while True:
+            # Read each turn: a config reload may have changed them.
+            caps = self.caps
             oldest = lanes.oldest_ready(endpoint)
             if oldest is None:
                 self.wake.clear()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from forwarder.deliver.origin import LetterOrigin
 from forwarder.iterable import (
     ENDPOINTS,
     BatchCaps,
@@ -54,6 +55,8 @@ class Queued:
     # The queued items merged into this one (consecutive updates of one user), each
     # acknowledged when it is settled; None for an item queued as it is.
     parts: list[Queued] | None = None
+    # The dead letter a replayed item comes from (told when it settles); None otherwise.
+    origin: LetterOrigin | None = None
 
     @property
     def originals(self) -> list[Queued]:
@@ -134,8 +137,10 @@ class Lanes:
                 if queued.endpoint is not endpoint:
                     break
                 cost = len(queued.encoded) + (1 if batch else 0)
-                if cost > budget:
+                if cost > budget and batch:
                     break
+                # Alone it goes even past the budget: only an item queued before a reload
+                # lowered max_request_bytes can be that big, and it must not block its lane.
                 budget -= cost
                 # A merged item stands for the run of lane entries it merged.
                 for _ in range(1 if queued is lane[0] else len(queued.originals)):

@@ -50,6 +50,17 @@ class Pause:
         self._probe_at = 0.0
         self._notices = Notices(NOTICE_SECONDS)
 
+    def reconfigure(self, sync: SyncConfig) -> None:
+        """A reload's settings; a new key or URL for a refused sync is probed at once."""
+        refused_for = (self._sync.api_key, self._sync.endpoint_base)
+        self._sync = sync
+        if self.kind == "refused" and (sync.api_key, sync.endpoint_base) != refused_for:
+            self._interval = sync.delivery.auth_retry_seconds / 2  # doubled by the probe
+            self._max_interval = max(
+                sync.delivery.auth_retry_seconds, sync.delivery.auth_retry_max_seconds
+            )
+            self._probe_at = 0.0
+
     # --- what the sender tells it ------------------------------------------------------
 
     def refused(self, why: str, now: float | None = None) -> None:

@@ -26,6 +26,9 @@ class RateBudget(Protocol):
     async def acquire(self, api_key: str, endpoint: Endpoint) -> SendStamp:
         """Wait for a turn to send one request; the stamp to hand to the request."""
 
+    def configure(self, syncs: Iterable[SyncConfig]) -> None:
+        """Take these syncs' limits (a config reload); budgets in use carry on."""
+
 
 class RateGate:
     """The send budget of one (Iterable API key, endpoint).
@@ -39,19 +42,27 @@ class RateGate:
 
     def __init__(self, rate: float, headroom: float = 0.0) -> None:
         self.rate = rate
+        self.headroom = headroom
         self.limiter = AsyncLimiter(1, (1.0 + headroom) / rate)
         self._window: deque[SendStamp] = deque(maxlen=max(1, int(rate)))
 
+    def retune(self, rate: float, headroom: float) -> None:
+        """A new rate from now on. The window keeps the latest sends, so the first second
+        after the change holds no more than the new rate either."""
+        self.rate, self.headroom = rate, headroom
+        self.limiter = AsyncLimiter(1, (1.0 + headroom) / rate)
+        self._window = deque(self._window, maxlen=max(1, int(rate)))
+
     async def acquire(self) -> SendStamp:
         await self.limiter.acquire()
-        window = self._window
-        while len(window) == window.maxlen:
-            wait = window[0][0] + 1.0 - time.monotonic()
+        # Looked up each turn: a retune replaces the window.
+        while len(self._window) == self._window.maxlen:
+            wait = self._window[0][0] + 1.0 - time.monotonic()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
         stamp = [time.monotonic()]
-        window.append(stamp)
+        self._window.append(stamp)
         return stamp
 
 
@@ -65,19 +76,34 @@ class RateGates:
     """
 
     def __init__(self, syncs: Iterable[SyncConfig]) -> None:
-        rates: dict[tuple[str, Endpoint], tuple[float, float]] = {}
-        for sync in syncs:
-            for endpoint in ENDPOINTS:
-                key = (sync.api_key, endpoint)
-                rate, headroom = rate_of(sync.limits, endpoint), sync.delivery.rate_headroom
-                known = rates.get(key)
-                if known is not None:
-                    rate, headroom = min(rate, known[0]), max(headroom, known[1])
-                rates[key] = (rate, headroom)
-        self._gates = {key: RateGate(rate, headroom) for key, (rate, headroom) in rates.items()}
+        self._gates = {key: RateGate(*tuning) for key, tuning in _rates(syncs).items()}
+
+    def configure(self, syncs: Iterable[SyncConfig]) -> None:
+        """The limits of a reloaded config (the syncs still sending, draining ones too): a
+        gate whose key stays keeps its pacing and window, retuned if its rate changed."""
+        for key, (rate, headroom) in _rates(syncs).items():
+            gate = self._gates.get(key)
+            if gate is None:
+                self._gates[key] = RateGate(rate, headroom)
+            elif (gate.rate, gate.headroom) != (rate, headroom):
+                gate.retune(rate, headroom)
 
     async def acquire(self, api_key: str, endpoint: Endpoint) -> SendStamp:
         return await self._gates[(api_key, endpoint)].acquire()
+
+
+def _rates(syncs: Iterable[SyncConfig]) -> dict[tuple[str, Endpoint], tuple[float, float]]:
+    """(rate, headroom) per (key, endpoint): the lowest rate and the widest headroom."""
+    rates: dict[tuple[str, Endpoint], tuple[float, float]] = {}
+    for sync in syncs:
+        for endpoint in ENDPOINTS:
+            key = (sync.api_key, endpoint)
+            rate, headroom = rate_of(sync.limits, endpoint), sync.delivery.rate_headroom
+            known = rates.get(key)
+            if known is not None:
+                rate, headroom = min(rate, known[0]), max(headroom, known[1])
+            rates[key] = (rate, headroom)
+    return rates
 
 
 async def _stamp_sent(

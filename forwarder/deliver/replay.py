@@ -1,25 +1,28 @@
-"""`forwarder dead-letters`: count dead letters by reason, and resend them on request."""
+"""Replay without a daemon: this process delivers the chosen dead letters itself.
+
+Used only when no daemon answers at the admin address; beside a running daemon the CLI
+asks it instead (`replay_client.py`), so the daemon's one rate budget covers both.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from forwarder.config import Config, SyncConfig
+from forwarder.deliver.letter_query import chosen_syncs
+from forwarder.deliver.letter_select import LetterFilter
 from forwarder.deliver.rate import RateGates
+from forwarder.deliver.replay_job import ReplayProgress, SyncReplay, progress_line
 from forwarder.deliver.sync import SyncDelivery
-from forwarder.errors import Failure, FailureKind
-from forwarder.iterable import Endpoint
-from forwarder.store.dead_letters import (
-    DeadLetter,
-    DeadLetterFile,
-    dead_letter_path,
-    make_letter,
-    read_letters,
-)
+from forwarder.store.dead_letters import DeadLetter, DeadLetterFile, dead_letter_path, letter_id
+from forwarder.store.letter_aside import REPLAYING, take_aside
+
+# Seconds between progress lines.
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -28,82 +31,85 @@ class ReplayResult:
     resent: int = 0
     delivered: int = 0
     dead_again: int = 0
-    unreadable: int = 0
-
-
-def count_by_reason(config: Config, sync_name: str | None = None) -> dict[str, Counter[str]]:
-    counts: dict[str, Counter[str]] = {}
-    for sync in _chosen(config, sync_name):
-        counter: Counter[str] = Counter()
-        for letter in read_letters(dead_letter_path(config.storage.path, sync.name)):
-            counter[letter.label if isinstance(letter, DeadLetter) else "unreadable line"] += 1
-        counts[sync.name] = counter
-    return counts
-
-
-def _chosen(config: Config, sync_name: str | None) -> list[SyncConfig]:
-    syncs = [s for s in config.syncs if sync_name is None or s.name == sync_name]
-    if sync_name is not None and not syncs:
-        raise KeyError(sync_name)
-    return syncs
+    # Not answered within the timeout: back in the dead-letter file as they were.
+    left: int = 0
+    unsendable: int = 0
 
 
 async def replay(
-    config: Config, sync_name: str | None = None, timeout: float = 600.0
+    config: Config,
+    sync_name: str | None = None,
+    timeout: float = 600.0,
+    chosen: LetterFilter = LetterFilter(),
+    report: Callable[[str], None] | None = None,
 ) -> list[ReplayResult]:
-    """Resend every dead letter; what fails again is dead-lettered again with its new reason.
+    """Resend the chosen dead letters; what fails again is dead-lettered again.
 
-    The file is moved aside first, so a daemon running beside us keeps appending to a
+    The letters are moved aside first, so a process appending beside us writes to a
     fresh file and no letter is read twice or lost.
     """
     results = []
-    for sync in _chosen(config, sync_name):
+    deadline = time.monotonic() + timeout
+    for sync in chosen_syncs(config, sync_name):
         if sync.enabled:
-            results.append(await _replay_sync(config, sync, timeout))
+            left = max(0.0, deadline - time.monotonic())
+            results.append(await _replay_sync(config, sync, chosen, left, report))
     return results
 
 
-async def _replay_sync(config: Config, sync: SyncConfig, timeout: float) -> ReplayResult:
+async def _replay_sync(
+    config: Config,
+    sync: SyncConfig,
+    chosen: LetterFilter,
+    timeout: float,
+    report: Callable[[str], None] | None,
+) -> ReplayResult:
     path = dead_letter_path(config.storage.path, sync.name)
-    result = ReplayResult(sync.name)
-    if not path.exists():
-        return result
-    aside = path.with_name(f"{path.name}.replaying-{int(time.time() * 1000)}")
-    path.rename(aside)
-    letters: list[DeadLetter] = []
-    unreadable: list[str] = []
-    for letter in read_letters(aside):
-        (letters.append if isinstance(letter, DeadLetter) else unreadable.append)(letter)  # type: ignore[arg-type]
-    result.unreadable = len(unreadable)
-    dead_file = DeadLetterFile(path, fsync=config.storage.durability == "journal")
+    fsync = config.storage.durability == "journal"
+
+    def pick(line: bytes, letter: DeadLetter) -> bool:
+        return chosen.matches(letter, letter_id(line))
+
+    aside = take_aside(path, pick, REPLAYING, fsync)
+    if aside is None or not aside.count:
+        if aside is not None:
+            aside.path.unlink()
+        return ReplayResult(sync.name)
+    dead_file = DeadLetterFile(path, fsync, config.storage.dead_letter_max_bytes)
     # Nothing to acknowledge: the letters came from a file, not from the durable log.
     delivery = SyncDelivery(sync, RateGates([sync]), dead_file, acknowledge=lambda seq, n: None)
+    job = SyncReplay(delivery, aside)
     await delivery.start()
+    feeding = asyncio.create_task(job.run())
+    reporting = asyncio.create_task(_report_every(job.progress, report)) if report else None
     try:
-        for letter in letters:
-            delivery.enqueue(Endpoint(letter.endpoint), letter.to_item())
-            result.resent += 1
-        await delivery.flush(timeout)
+        await asyncio.wait_for(job.done.wait(), timeout)
+    except TimeoutError:
+        pass
     finally:
-        left = await delivery.stop()
-    result.delivered = sum(delivery.stats.delivered.values())
-    # Whatever did not get an answer in time goes back as it was.
-    timed_out = Failure(FailureKind.REPLAY_TIMEOUT, f"no answer within {timeout:g} s of replay")
-    dead_file.write(
-        [make_letter(sync.name, q.endpoint, q.item, timed_out, q.attempts) for q in left]
-    )
-    result.dead_again = sum(delivery.stats.dead.values()) + len(left)
-    if unreadable:
-        _keep_unreadable(aside, path)
-    else:
-        aside.unlink()
-    return result
+        feeding.cancel()
+        if reporting is not None:
+            reporting.cancel()
+        await asyncio.gather(feeding, *([reporting] if reporting else []), return_exceptions=True)
+        await delivery.stop()
+        left = job.put_back(dead_file)
+    if report is not None:
+        report(progress_line([job.progress]))
+    p = job.progress
+    return ReplayResult(sync.name, p.resent, p.delivered, p.dead_again, left, p.unsendable)
 
 
-def _keep_unreadable(aside: Path, path: Path) -> None:
-    # Lines we could not decode are not ours to delete: leave the moved file for a human.
-    aside.rename(path.with_name(path.name + ".unreadable"))
+async def _report_every(progress: ReplayProgress, report: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_SECONDS)
+        report(progress_line([progress]))
 
 
-def run_replay(config: Config, sync_name: str | None, timeout: float) -> list[ReplayResult]:
-    return asyncio.run(replay(config, sync_name, timeout))
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_replay(
+    config: Config, sync_name: str | None, timeout: float, chosen: LetterFilter = LetterFilter()
+) -> list[ReplayResult]:
+    return asyncio.run(replay(config, sync_name, timeout, chosen, report=to_stderr))

@@ -13,7 +13,7 @@ import aiohttp
 
 from forwarder.config import SyncConfig
 from forwarder.deliver.lanes import Queued
-from forwarder.deliver.notices import Notices
+from forwarder.deliver.notices import Notices, redact
 from forwarder.deliver.outcome import Outcome, read_outcome
 from forwarder.deliver.pause import Pause
 from forwarder.deliver.rate import RateBudget, SendStamp, send_time_tracing
@@ -62,6 +62,9 @@ class Sender:
     _rng: random.Random = field(init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
     _notices: Notices = field(init=False)
+    # Requests in flight per session, and closes under way of sessions a reload replaced.
+    _posting: dict[aiohttp.ClientSession, int] = field(default_factory=dict, init=False)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self, rng: random.Random | None) -> None:
         self.stats = self.settlement.stats
@@ -70,8 +73,11 @@ class Sender:
         self._notices = Notices(NOTICE_SECONDS)
 
     async def start(self) -> None:
+        self._session = self._open_session()
+
+    def _open_session(self) -> aiohttp.ClientSession:
         delivery = self.sync.delivery
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=delivery.request_timeout_seconds),
             connector=aiohttp.TCPConnector(
                 limit=2 * delivery.max_in_flight + 2, keepalive_timeout=delivery.keepalive_seconds
@@ -81,10 +87,35 @@ class Sender:
             raise_for_status=False,
         )
 
+    def reconfigure(self, sync: SyncConfig) -> None:
+        """A reload's settings: the next request goes to the new URL with the new key.
+
+        A new key, timeout or connection setting takes a new session; the old one closes
+        once the requests it carries are answered, so none of them is cut.
+        """
+        old = self.sync
+        self.sync = sync
+        self.policy = RetryPolicy.from_config(sync.delivery)
+        if self._session is None or _session_settings(old) == _session_settings(sync):
+            return
+        retired, self._session = self._session, self._open_session()
+        if not self._posting.get(retired):
+            self._close_later(retired)
+
+    def _close_later(self, session: aiohttp.ClientSession) -> None:
+        self._posting.pop(session, None)
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        for session in list(self._posting):
+            await session.close()
+        self._posting.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def send(
         self, endpoint: Endpoint, batch: list[Queued], stamp: SendStamp, slot: asyncio.Semaphore
@@ -147,6 +178,7 @@ class Sender:
                     delay = self.policy.next_delay(
                         max(q.attempts for q in again), outcome.retry_after, self._rng
                     )
+                self._log_retry(endpoint, again, delay, attempt.reason)
                 work.append(Chunk(time.monotonic() + delay, chunk.depth, again))
         if len(back) > 1:
             order = {id(queued): n for n, queued in enumerate(batch)}
@@ -237,7 +269,25 @@ class Sender:
 
     async def post(self, endpoint: Endpoint, items: list[Queued], stamp: SendStamp) -> Attempt:
         """One HTTP request, its answer read into fates per item."""
-        assert self._session is not None, "start() first"
+        session = self._session
+        assert session is not None, "start() first"
+        self._posting[session] = self._posting.get(session, 0) + 1
+        try:
+            return await self._post(session, endpoint, items, stamp)
+        finally:
+            left = self._posting[session] - 1
+            if left or session is self._session:
+                self._posting[session] = left
+            else:
+                self._close_later(session)
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        endpoint: Endpoint,
+        items: list[Queued],
+        stamp: SendStamp,
+    ) -> Attempt:
         stats = self.stats
         body = assemble_body(endpoint, [q.encoded for q in items])
         url = self.sync.endpoint_base + endpoint.value
@@ -253,7 +303,7 @@ class Sender:
         try:
             # Never follow a redirect: aiohttp would resend the POST as a GET, and that
             # GET's 200 would count the items delivered. A 3xx pauses the sync instead.
-            async with self._session.post(
+            async with session.post(
                 url, data=body, trace_request_ctx=stamp, allow_redirects=False
             ) as response:
                 answer = await response.read()
@@ -264,6 +314,18 @@ class Sender:
             status = None
             reason = f"{type(error).__name__}: {error}".strip(": ") or "connection error"
         stats.observe_latency(endpoint.value, time.monotonic() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            ms = round((time.monotonic() - started) * 1000)
+            answered = status if status is not None else redact(reason)
+            log.debug(
+                "POST %s: %d items, %d bytes, %s in %d ms",
+                endpoint.value,
+                len(items),
+                len(body),
+                answered,
+                ms,
+                extra={"sync": self.sync.name, "endpoint": endpoint.value, "status": answered},
+            )
         stats.responses[(endpoint.value, str(status) if status is not None else "error")] += 1
         outcome = read_outcome(endpoint, status, headers, answer, [q.item for q in items])
         if status is not None:
@@ -274,11 +336,35 @@ class Sender:
         self._log(endpoint, len(items), outcome, reason)
         return Attempt(outcome, reason)
 
+    def _log_retry(self, endpoint: Endpoint, items: list[Queued], delay: float, why: str) -> None:
+        """One line per endpoint per NOTICE_SECONDS for the retries it schedules: what
+        failed, the attempt, the wait, and how many retry lines were held back."""
+        held = self._notices.due((endpoint, "retry"), time.monotonic())
+        if held is None:
+            return
+        attempt = max(queued.attempts for queued in items)
+        log.warning(
+            "retrying %s after %s: %d item(s), attempt %d, next try in %.2f s%s",
+            endpoint.value,
+            redact(why),
+            len(items),
+            attempt,
+            delay,
+            f" ({held} more retry line(s) held back)" if held else "",
+            extra={
+                "sync": self.sync.name,
+                "endpoint": endpoint.value,
+                "items": len(items),
+                "attempt": attempt,
+                "wait_seconds": round(delay, 3),
+                "held_back": held,
+            },
+        )
+
     def _log(self, endpoint: Endpoint, count: int, outcome: Outcome, reason: str) -> None:
-        """One line for a failed request or a strange answer, rate-limited per cause."""
-        if outcome.transient:
-            cause, text = "failed", "request to Iterable failed, %d items kept for a retry: %s"
-        elif outcome.foreign:
+        """One line for a strange answer, rate-limited; failed requests are _log_retry's
+        (or the pause's, or the dead letters') to tell."""
+        if outcome.foreign:
             cause = "foreign"
             text = "Iterable's failure lists name values not in the request (%d items): %s"
         else:
@@ -291,3 +377,14 @@ class Sender:
                 reason,
                 extra={"sync": self.sync.name, "endpoint": endpoint.value},
             )
+
+
+def _session_settings(sync: SyncConfig) -> tuple[object, ...]:
+    """What a sender's HTTP session is built with."""
+    delivery = sync.delivery
+    return (
+        sync.api_key,
+        delivery.request_timeout_seconds,
+        delivery.max_in_flight,
+        delivery.keepalive_seconds,
+    )

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from forwarder.deliver.lanes import Queued
+from forwarder.deliver.notices import DeadLetterNotice
 from forwarder.deliver.stats import DeliveryStats
 from forwarder.errors import Failure
 from forwarder.iterable import Endpoint
-from forwarder.store.dead_letters import DeadLetterFile, make_letter
+from forwarder.store.dead_letters import DeadLetterCapReached, DeadLetterFile, make_letter
 
 log = logging.getLogger("forwarder.sender")
 
@@ -22,6 +23,8 @@ Acknowledge = Callable[[int, int], None]
 
 # Seconds between attempts to write dead letters the disk refused.
 DEAD_LETTER_RETRY_SECONDS = 1.0
+# Dead letters are told in one line at most per this many seconds per sync (with counts).
+DEAD_LETTER_NOTICE_SECONDS = 30.0
 
 
 @dataclass(eq=False)
@@ -39,6 +42,11 @@ class Settlement:
     acknowledge: Acknowledge
     unwritten: list[tuple[Queued, Failure]] = field(default_factory=list)
     _retry: asyncio.TimerHandle | None = None
+    _notice: DeadLetterNotice = field(init=False)
+
+    def __post_init__(self) -> None:
+        where = str(self.dead_letters.path)
+        self._notice = DeadLetterNotice(self.sync, where, DEAD_LETTER_NOTICE_SECONDS, log)
 
     def delivered(self, endpoint: Endpoint, items: Sequence[Queued]) -> None:
         if not items:
@@ -58,42 +66,61 @@ class Settlement:
         self._retry = None
         letters, self.unwritten = self.unwritten, []
         records = [
-            make_letter(self.sync, q.endpoint, q.item, failure, max(q.attempts, 1))
+            make_letter(
+                self.sync, q.endpoint, q.item, failure, max(q.attempts, 1), _first_failed_at(q)
+            )
             for q, failure in letters
         ]
+        waiting = self.stats.dead_letters_unwritten
+        refusal: OSError | None = None
         try:
-            self.dead_letters.write(records)
+            written = self.dead_letters.write(records)
         except OSError as error:
-            first = not self.stats.dead_letters_unwritten
-            self.unwritten = letters + self.unwritten
-            self.stats.dead_letters_unwritten = len(self.unwritten)
-            self.stats.last_error_at = time.time()
-            self.stats.last_error = f"cannot write dead letters: {error}"
-            if first:
-                log.error(
-                    "cannot write %d dead letter(s), keeping them until the disk takes them: %s",
-                    len(self.unwritten),
-                    error,
-                    extra={"sync": self.sync},
-                )
-            self._retry = asyncio.get_running_loop().call_later(
-                DEAD_LETTER_RETRY_SECONDS, self._write_unwritten
-            )
-            return
-        if self.stats.dead_letters_unwritten:
+            written, refusal = 0, error
+        if refusal is None and written < len(letters):
+            # The cap took the first letters only: the rest wait as for a full disk.
+            file = self.dead_letters
+            refusal = DeadLetterCapReached(file.path, file.size(), file.max_bytes or 0)
+        if refusal is not None:
+            self._wait_for_disk(letters[written:], refusal, first=not waiting)
+            letters = letters[:written]
+            if not letters:
+                return
+        elif waiting:
             log.warning(
                 "%d dead letter(s) written after all", len(letters), extra={"sync": self.sync}
             )
-        self.stats.dead_letters_unwritten = 0
+            self.stats.dead_letters_unwritten = 0
         for _, failure in letters:
             self.stats.dead[failure.kind] += 1
+        self._notice.add(failure for _, failure in letters)
         self._settled([q for q, _ in letters], delivered=False)
+
+    def _wait_for_disk(
+        self, letters: list[tuple[Queued, Failure]], error: OSError, first: bool
+    ) -> None:
+        """Keep letters the disk (or the cap) refused, and write them again in a second."""
+        self.unwritten = letters + self.unwritten
+        self.stats.dead_letters_unwritten = len(self.unwritten)
+        self.stats.last_error_at = time.time()
+        self.stats.last_error = f"cannot write dead letters: {error}"
+        if first:
+            log.error(
+                "cannot write %d dead letter(s), keeping them until the disk takes them: %s",
+                len(self.unwritten),
+                error,
+                extra={"sync": self.sync},
+            )
+        self._retry = asyncio.get_running_loop().call_later(
+            DEAD_LETTER_RETRY_SECONDS, self._write_unwritten
+        )
 
     def close(self) -> None:
         """Stop retrying; what is unwritten stays unacknowledged (the journal replays it)."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        self._notice.flush()
 
     def _settled(self, items: Sequence[Queued], delivered: bool) -> None:
         originals = [original for queued in items for original in queued.originals]
@@ -104,3 +131,12 @@ class Settlement:
         for queued in originals:
             if queued.seq is not None:
                 self.acknowledge(queued.seq, 1)
+            if queued.origin is not None:
+                queued.origin.settled(queued.origin, delivered)
+
+
+def _first_failed_at(queued: Queued) -> float | None:
+    """When a replayed item first failed (the earliest of the letters merged into it):
+    its new letter keeps that beside its new `time`."""
+    times = [q.origin.letter.failed_first for q in queued.originals if q.origin is not None]
+    return min(times) if times else None

@@ -11,6 +11,7 @@ import msgspec
 from forwarder.config import SyncConfig
 from forwarder.deliver.batcher import Batcher
 from forwarder.deliver.lanes import Lanes, Queued
+from forwarder.deliver.origin import LetterOrigin
 from forwarder.deliver.pause import Pause
 from forwarder.deliver.rate import RateBudget, SendStamp
 from forwarder.deliver.sender import Sender
@@ -34,15 +35,21 @@ class SyncDelivery:
         dead_letters: DeadLetterFile,
         acknowledge: Acknowledge,
         rng: random.Random | None = None,
+        stats: DeliveryStats | None = None,
     ) -> None:
         self.sync = sync
         self.name = sync.name
         self.lanes = Lanes()
-        self.stats = DeliveryStats()
+        # Given when the sync had a delivery before (a reload): its counters go on.
+        self.stats = stats or DeliveryStats()
         self.pause = Pause(sync, waiting=lambda: self.lanes.items)
         self.settlement = Settlement(sync.name, self.stats, dead_letters, acknowledge)
         self.sender = Sender(sync, rate, self.settlement, self.pause, rng)
         self.caps: dict[Endpoint, BatchCaps] = {e: caps_of(sync.limits, e) for e in ENDPOINTS}
+        # Lanes are keyed by the identity rules of the project type in force when the
+        # queue was last empty: a project_type changed by a reload waits for that, so one
+        # user's items never sit in two lanes.
+        self._lane_project_type = sync.project_type
         self._slots = {e: asyncio.Semaphore(sync.delivery.max_in_flight) for e in ENDPOINTS}
         self._batchers = {
             e: Batcher(
@@ -73,16 +80,26 @@ class SyncDelivery:
         )
 
     def enqueue(
-        self, endpoint: Endpoint, item: Item, encoded: bytes | None = None, seq: int | None = None
+        self,
+        endpoint: Endpoint,
+        item: Item,
+        encoded: bytes | None = None,
+        seq: int | None = None,
+        origin: LetterOrigin | None = None,
     ) -> None:
         """Queue one item behind its user's earlier items (never blocks).
 
         `encoded` is the item's JSON when the caller has it already; `seq` is the durable
-        log record to acknowledge once the item is settled.
+        log record to acknowledge once the item is settled; `origin` the dead letter a
+        replayed item comes from.
         """
         if encoded is None:
             encoded = _encoder.encode(item)
-        queued = Queued(identity_of(item, self.sync.project_type), endpoint, item, encoded, seq=seq)
+        lane_type = self._lane_project_type
+        if lane_type != self.sync.project_type and not (self.lanes.items or self._tasks):
+            lane_type = self._lane_project_type = self.sync.project_type
+        queued = Queued(identity_of(item, lane_type), endpoint, item, encoded, seq=seq)
+        queued.origin = origin
         budget = self.caps[endpoint].item_budget(endpoint)
         if len(encoded) > budget:
             # It could never be sent: say so now rather than block its user's lane.
@@ -92,6 +109,38 @@ class SyncDelivery:
         self.lanes.put(queued)
         self._idle.clear()
         self._batchers[endpoint].wake.set()
+
+    # --- a reload ----------------------------------------------------------------
+
+    def reconfigure(self, sync: SyncConfig) -> None:
+        """Put a reloaded sync's settings in force for what is queued and what comes.
+
+        The lanes, and so each user's order, stay as they are: the batchers take the new
+        caps, linger and key, the sender the new URL, key and retry policy, the pause the
+        new intervals, and the queue caps apply to the next request.
+        """
+        old = self.sync
+        self.sync = sync
+        self.pause.reconfigure(sync)
+        self.sender.reconfigure(sync)
+        self.caps = {e: caps_of(sync.limits, e) for e in ENDPOINTS}
+        linger = sync.delivery.linger_ms / 1000.0
+        for endpoint, batcher in self._batchers.items():
+            batcher.caps = self.caps[endpoint]
+            batcher.linger = linger
+            batcher.api_key = sync.api_key
+            batcher.wake.set()
+        grow = sync.delivery.max_in_flight - old.delivery.max_in_flight
+        for endpoint, slot in self._slots.items():
+            for _ in range(grow):
+                slot.release()
+            if grow < 0:
+                # Fewer requests at once: take the extra slots out as they come free.
+                self._batcher_tasks.append(
+                    asyncio.create_task(
+                        _withdraw(slot, -grow), name=f"slots-{self.name}-{endpoint.value}"
+                    )
+                )
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -165,3 +214,9 @@ class SyncDelivery:
             log.error("delivery task failed", exc_info=task.exception(), extra={"sync": self.name})
         if not self._tasks and not self.lanes.items:
             self._idle.set()
+
+
+async def _withdraw(slot: asyncio.Semaphore, count: int) -> None:
+    """Hold `count` of the slot's permits for good (a lower max_in_flight)."""
+    for _ in range(count):
+        await slot.acquire()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from forwarder.config import ServerConfig
+from forwarder.deliver.stats import LatencyHistogram
 from forwarder.errors import FailureKind, StorageUnavailable
 from forwarder.ingest import amplitude
 from forwarder.ingest.amplitude import ErrorBody, Event, RejectedRequest
@@ -59,6 +61,9 @@ class IngestState:
         self.max_events = server.max_events_per_request
         self.sink = sink
         self.requests: Counter[tuple[str, int]] = Counter()
+        # Seconds from the request's headers to its answer, by route: the journal's group
+        # commit (the fsync a 200 waits for) shows here first.
+        self.latency: dict[str, LatencyHistogram] = {}
         self.events_accepted = 0
         self.events_throttled = 0
         self.rejected: Counter[str] = Counter()
@@ -233,6 +238,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def amplitude_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error is JSON with `code`, since the SDKs read the status from the body."""
     response: web.StreamResponse
+    started = time.monotonic()
     try:
         response = await handler(request)
     except web.HTTPException as error:
@@ -246,7 +252,12 @@ async def amplitude_errors(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(500, "Internal server error")
     route = request.match_info.route.resource
     label = route.canonical if route is not None else "unmatched"
-    request.app[STATE_KEY].requests[(label, response.status)] += 1
+    state = request.app[STATE_KEY]
+    state.requests[(label, response.status)] += 1
+    histogram = state.latency.get(label)
+    if histogram is None:
+        histogram = state.latency[label] = LatencyHistogram()
+    histogram.observe(time.monotonic() - started)
     return response
 
 

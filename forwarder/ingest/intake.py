@@ -113,20 +113,38 @@ class Intake:
         # Dedupe keys of records not yet durable, as `_pending` holds their profiles.
         self._pending_seen: dict[bytes, Durable] = {}
         self.max_profile_bytes = max_profile_bytes
-        self.stats = [RouteStats() for _ in syncs]
         self.totals = IntakeStats()
-        self._routes: list[tuple[int, CompiledSync, RouteStats]] = [
-            (index, compile_sync(sync), stats)
-            for index, (sync, stats) in enumerate(zip(syncs, self.stats, strict=True))
-        ]
+        # Every sync's counters by name, kept when a reload removes the sync, so they go
+        # on from where they were if it comes back (a metric counter never goes back).
+        self._stats_by_name: dict[str, RouteStats] = {}
+        self.stats: list[RouteStats] = []
+        self._routes: list[tuple[int, CompiledSync, RouteStats]] = []
+        self._told_keys: tuple[str, ...] = ()
+        self.reconfigure(syncs)
         self._encode = msgspec.json.Encoder().encode
-        # Each sync's profile property holding what Iterable was told (route.TOLD_PREFIX).
-        self._told_keys = tuple(compiled.told_key for _, compiled, _ in self._routes)
         self._pending: dict[str, tuple[Profile, Durable]] = {}
         # Distinct events without insert_id must get distinct Iterable ids, even when they
         # are byte-identical: each request gets a salt unique to this process's life.
         self._boot = os.urandom(8)
         self._requests = itertools.count()
+
+    def reconfigure(self, syncs: Sequence[SyncConfig]) -> None:
+        """Route later requests for these syncs (a reload), in this order: a routed item's
+        index is its sync's place in it. Profiles, dedupe and counters stay."""
+        self.stats = [self.route_stats(sync.name) for sync in syncs]
+        self._routes = [
+            (index, compile_sync(sync), stats)
+            for index, (sync, stats) in enumerate(zip(syncs, self.stats, strict=True))
+        ]
+        # Each sync's profile property holding what Iterable was told (route.TOLD_PREFIX).
+        self._told_keys = tuple(compiled.told_key for _, compiled, _ in self._routes)
+
+    def route_stats(self, name: str) -> RouteStats:
+        """The sync's routing counters, whether it is routed to now or not."""
+        stats = self._stats_by_name.get(name)
+        if stats is None:
+            stats = self._stats_by_name[name] = RouteStats()
+        return stats
 
     async def load(self, events: Iterable[Event]) -> None:
         """Make the profiles of these events' users ready, so `process` does no I/O."""

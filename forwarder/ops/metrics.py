@@ -6,12 +6,13 @@ families when Prometheus scrapes, so no per-event cost comes from the client lib
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,7 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from forwarder.deliver.stats import LATENCY_BUCKETS
+from forwarder import __version__
+from forwarder.deliver.stats import LATENCY_BUCKETS, LatencyHistogram
 from forwarder.ingest.app import IngestState
 from forwarder.ops.snapshot import Snapshot
 from forwarder.store.log import LogStats
@@ -51,6 +53,8 @@ _SYNC_GAUGES = (
     ("forwarder_sync_batch_fill_ratio", "Mean items per request over the item cap", _ENDPOINT),
     ("forwarder_sync_queue_items", "Items queued", _SYNC),
     ("forwarder_sync_queue_bytes", "Bytes queued", _SYNC),
+    ("forwarder_sync_queue_max_items", "Items queued at most (then ingest answers 429)", _SYNC),
+    ("forwarder_sync_queue_max_bytes", "Bytes queued at most (then ingest answers 429)", _SYNC),
     ("forwarder_sync_requests_in_flight", "Requests to Iterable in flight", _SYNC),
     ("forwarder_sync_paused", "1 while the sync is paused (refused key or URL, outage)", _SYNC),
     (
@@ -77,6 +81,20 @@ class ForwarderCollector:
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshot()
+        build = GaugeMetricFamily(
+            "forwarder_build_info",
+            "Always 1: the running forwarder's version and Python",
+            labels=["version", "python"],
+        )
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build
+        ingest = self.ingest
+        yield _single(
+            GaugeMetricFamily,
+            "forwarder_ready",
+            "1 while /readyz answers 200 (recovered, not draining, storage takes writes)",
+            1 if ingest.ready and ingest.accepting and ingest.storage_fault() is None else 0,
+        )
         yield from self._ingest()
         yield _single(
             CounterMetricFamily,
@@ -85,8 +103,15 @@ class ForwarderCollector:
             snapshot.profile_changes_refused,
         )
         yield from self._syncs(snapshot)
+        yield from _config(snapshot)
         if snapshot.log is not None:
             yield from self._journal(snapshot.log)
+            yield _single(
+                GaugeMetricFamily,
+                "forwarder_journal_max_bytes",
+                "storage.journal_max_bytes: past it, ingest answers 429",
+                snapshot.journal_max_bytes,
+            )
             yield _single(
                 GaugeMetricFamily,
                 "forwarder_storage_unavailable",
@@ -118,12 +143,20 @@ class ForwarderCollector:
         for reason, count in sorted(ingest.rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        latency = HistogramMetricFamily(
+            "forwarder_http_request_duration_seconds",
+            "Ingest port requests, headers read to answer (a 200 waits for the journal)",
+            labels=["route"],
+        )
+        for route, histogram in sorted(ingest.latency.items()):
+            latency.add_metric([route], _buckets(histogram), histogram.total)
+        yield latency
 
     def _syncs(self, snapshot: Snapshot) -> Iterator[Metric]:
         forwarded, routed, skipped, dead, retries, responses, requests, items_sent, dropped = (
             _families(CounterMetricFamily, _SYNC_COUNTERS)
         )
-        fill, depth, depth_bytes, in_flight, paused, unwritten = _families(
+        fill, depth, depth_bytes, depth_cap, bytes_cap, in_flight, paused, unwritten = _families(
             GaugeMetricFamily, _SYNC_GAUGES
         )
         latency = HistogramMetricFamily(
@@ -155,18 +188,11 @@ class ForwarderCollector:
                 )
                 histogram = stats.latency.get(e)
                 if histogram is not None:
-                    cumulative = 0
-                    buckets = []
-                    for bound, count in zip(
-                        (*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True
-                    ):
-                        cumulative += count
-                        buckets.append(
-                            ("+Inf" if bound == float("inf") else str(bound), cumulative)
-                        )
-                    latency.add_metric([name, e], buckets, histogram.total)
+                    latency.add_metric([name, e], _buckets(histogram), histogram.total)
             depth.add_metric([name], sync.queued_items)
             depth_bytes.add_metric([name], sync.queued_bytes)
+            depth_cap.add_metric([name], sync.max_queued_items)
+            bytes_cap.add_metric([name], sync.max_queued_bytes)
             in_flight.add_metric([name], stats.in_flight)
             paused.add_metric([name], 1 if sync.paused else 0)
             unwritten.add_metric([name], stats.dead_letters_unwritten)
@@ -181,7 +207,14 @@ class ForwarderCollector:
             items_sent,
             dropped,
         )
-        yield from (fill, latency, depth, depth_bytes, in_flight, paused, unwritten)
+        yield from (fill, latency, depth, depth_bytes, depth_cap, bytes_cap, in_flight, paused)
+        yield unwritten
+        letter_bytes = GaugeMetricFamily(
+            "forwarder_dead_letter_bytes", "Bytes of the sync's dead-letter file", labels=_SYNC
+        )
+        for sync in snapshot.syncs:
+            letter_bytes.add_metric([sync.name], sync.dead_letter_bytes)
+        yield letter_bytes
 
     def _journal(self, journal: LogStats) -> Iterator[Metric]:
         yield _single(
@@ -213,6 +246,42 @@ class ForwarderCollector:
         )
 
 
+def _buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    """A histogram's per-bucket counts as Prometheus's cumulative (le, count) pairs."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+    return buckets
+
+
+def _config(snapshot: Snapshot) -> Iterator[Metric]:
+    """The config reloads (SIGHUP), and items recovery dead-lettered for removed syncs."""
+    config = snapshot.config
+    if config is not None:
+        reloads = CounterMetricFamily(
+            "forwarder_config_reloads", "Config reloads (SIGHUP), by result", labels=["result"]
+        )
+        reloads.add_metric(["ok"], config.reloads)
+        reloads.add_metric(["refused"], config.refused)
+        yield reloads
+        yield _single(
+            GaugeMetricFamily,
+            "forwarder_config_loaded_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+            config.loaded_at,
+        )
+    orphans = CounterMetricFamily(
+        "forwarder_recovery_sync_removed_dead_letters",
+        "Journal items of syncs no longer configured, dead-lettered at start (sync_removed)",
+        labels=_SYNC,
+    )
+    for name, count in sorted(snapshot.unconfigured_dead_letters.items()):
+        orphans.add_metric([name], count)
+    yield orphans
+
+
 def _single(kind: type[_Family], name: str, help_text: str, value: float) -> _Family:
     """A family of one unlabelled sample."""
     family = kind(name, help_text)
@@ -223,6 +292,8 @@ def _single(kind: type[_Family], name: str, help_text: str, value: float) -> _Fa
 def metrics_handler(snapshot: Callable[[], Snapshot], ingest: IngestState) -> Handler:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ForwarderCollector(snapshot, ingest))
+    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+    ProcessCollector(registry=registry)
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(registry))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forwarder.deliver.stats import DeliveryStats
 from forwarder.ingest.intake import RouteStats
@@ -22,14 +22,38 @@ class SyncSnapshot:
     queued_items: int
     queued_bytes: int
     paused: str | None
+    # The queue's caps (delivery.max_queued_*): past either, ingest answers 429.
+    max_queued_items: int = 0
+    max_queued_bytes: int = 0
+    # Removed (or disabled) by a config reload: it takes no new items, and leaves once
+    # what it holds is delivered or dead-lettered.
+    draining: bool = False
+    # The sync's dead-letter file on disk, and its cap (storage.dead_letter_max_bytes).
+    dead_letter_bytes: int = 0
+    dead_letter_max_bytes: int | None = None
+    dead_letter_at_cap: bool = False
 
     @property
     def state(self) -> str:
         if self.paused is not None:
             return "paused"
+        if self.draining:
+            return "draining"
         if self.queued_items or self.delivery.in_flight:
             return "sending"
         return "idle"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    """The config file in force, and how its reloads went."""
+
+    path: str
+    sha256: str
+    loaded_at: float
+    reloads: int
+    refused: int
+    last_reload_error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +67,10 @@ class Snapshot:
     profile_changes_refused: int
     # Why storage takes no writes now (ingest answers 503), or None.
     storage_fault: str | None = None
+    # storage.journal_max_bytes: past it, ingest answers 429.
+    journal_max_bytes: int = 0
+    # The config file in force (None for a pipeline not started from a file).
+    config: ConfigSnapshot | None = None
+    # Items the journal held for syncs no longer configured, written as dead letters at
+    # the last start: per sync name.
+    unconfigured_dead_letters: dict[str, int] = field(default_factory=dict)

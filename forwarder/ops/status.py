@@ -30,6 +30,8 @@ def sync_status(sync: SyncSnapshot) -> dict[str, Any]:
         "api_key": mask(sync.api_key),
         "endpoint": sync.endpoint_base,
         "state": sync.state,
+        # Removed or disabled by a reload: no new items, gone once its queue is empty.
+        "draining": sync.draining,
         "paused_reason": sync.paused,
         "last_success": _iso(stats.last_success_at),
         "last_error": (
@@ -50,6 +52,12 @@ def sync_status(sync: SyncSnapshot) -> dict[str, Any]:
         "queue": {"items": sync.queued_items, "bytes": sync.queued_bytes},
         "dead_letters": {kind.value: count for kind, count in stats.dead.items()},
         "dead_letters_unwritten": stats.dead_letters_unwritten,
+        # At the cap, new dead items wait unacknowledged until a replay or purge.
+        "dead_letter_file": {
+            "bytes": sync.dead_letter_bytes,
+            "max_bytes": sync.dead_letter_max_bytes,
+            "at_cap": sync.dead_letter_at_cap,
+        },
     }
 
 
@@ -77,6 +85,23 @@ def status_body(snapshot: Snapshot) -> dict[str, Any]:
         "syncs": [sync_status(sync) for sync in snapshot.syncs],
         "disabled_syncs": snapshot.disabled_syncs,
         "profile_changes_refused": snapshot.profile_changes_refused,
+        "config": _config_status(snapshot),
+        # Journal items of syncs no longer configured, dead-lettered at the last start.
+        "unconfigured_sync_dead_letters": snapshot.unconfigured_dead_letters,
+    }
+
+
+def _config_status(snapshot: Snapshot) -> dict[str, Any] | None:
+    config = snapshot.config
+    if config is None:
+        return None
+    return {
+        "path": config.path,
+        "sha256": config.sha256,
+        "loaded_at": _iso(config.loaded_at),
+        "reloads": config.reloads,
+        "reloads_refused": config.refused,
+        "last_reload_error": config.last_reload_error,
     }
 
 

@@ -15,6 +15,7 @@ import forwarder.sim.rules as rules
 from forwarder.iterable import Endpoint
 from forwarder.sim.bulk import process
 from forwarder.sim.config import SimulatorConfig, change_faults
+from forwarder.sim.recent import describe
 from forwarder.sim.rules import Reply
 from forwarder.sim.state import RequestRecord, SimulatorState
 
@@ -49,6 +50,7 @@ async def _bulk(endpoint: Endpoint, request: web.Request) -> web.Response:
         reply, items = process(endpoint, config, state, request.app[RNG_KEY], body)
     state.statuses[(endpoint.value, reply.status)] += 1
     state.requests.append(RequestRecord(arrived, endpoint.value, key, items, size, reply.status))
+    state.recent.add(endpoint.value, reply.status, body)
     return web.Response(
         status=reply.status,
         body=_ENCODER.encode(reply.body),
@@ -87,12 +89,55 @@ def _gate(
     return rules.error(429, "RateLimitExceeded", message, headers=headers)
 
 
+# Iterable's ChannelsResponse (api-docs.json): what GET /api/channels answers a good key.
+_CHANNELS = {
+    "channels": [
+        {"id": 1, "name": "Marketing Email", "channelType": "Marketing", "messageMedium": "Email"},
+        {
+            "id": 2,
+            "name": "Transactional Email",
+            "channelType": "Transactional",
+            "messageMedium": "Email",
+        },
+    ]
+}
+
+
+async def _channels(request: web.Request) -> web.Response:
+    """GET /api/channels: read-only, checks the Api-Key as the bulk endpoints do."""
+    config, state = request.app[CONFIG_KEY], request.app[STATE_KEY]
+    key = request.headers.get("Api-Key", "")
+    if time.monotonic() < config.down_until:
+        reply = rules.error(503, "GenericError", "Service unavailable (simulated downtime)")
+    elif not key or (config.api_keys is not None and key not in config.api_keys):
+        reply = rules.error(401, "BadApiKey", "Invalid API key")
+    else:
+        reply = Reply(200, _CHANNELS)
+    state.channel_probes[reply.status] += 1
+    return web.Response(
+        status=reply.status, body=_ENCODER.encode(reply.body), content_type="application/json"
+    )
+
+
 # --- admin routes -------------------------------------------------------------------------
 
 
 async def _stats(request: web.Request) -> web.Response:
     return web.Response(
         body=_ENCODER.encode(request.app[STATE_KEY].stats()), content_type="application/json"
+    )
+
+
+async def _requests(request: web.Request) -> web.Response:
+    """GET /_sim/requests?endpoint=trackBulk&limit=N: the last N bodies and their answers."""
+    try:
+        limit = int(request.query.get("limit", "10"))
+    except ValueError:
+        return web.json_response({"error": "limit must be an integer"}, status=400)
+    sent = request.app[STATE_KEY].recent.last(request.query.get("endpoint"), limit)
+    return web.Response(
+        body=_ENCODER.encode({"requests": [describe(one) for one in sent]}),
+        content_type="application/json",
     )
 
 
@@ -119,7 +164,9 @@ def build_simulator_app(
     app[RNG_KEY] = random.Random(config.seed)
     for endpoint in Endpoint:
         app.router.add_post(f"/api/{endpoint.value}", _route(endpoint))
+    app.router.add_get("/api/channels", _channels)
     app.router.add_get("/_sim/stats", _stats)
+    app.router.add_get("/_sim/requests", _requests)
     app.router.add_post("/_sim/faults", _faults)
     return app
 
@@ -140,7 +187,7 @@ async def run_simulator(host: str, port: int, config: SimulatorConfig) -> None:
         print(
             f"Iterable simulator listening on http://{host}:{bound}/api/ "
             f"(trackBulk {config.track_bulk_per_second:g}/s, bulkUpdate {config.bulk_update_per_second:g}/s; "
-            f"stats: /_sim/stats)",
+            f"stats: /_sim/stats, last requests: /_sim/requests)",
             flush=True,
         )
         await asyncio.Event().wait()

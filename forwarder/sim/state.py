@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from forwarder.iterable import Endpoint
+from forwarder.sim.recent import RecentRequests
 from forwarder.sim.shapes import SimEvent, SimUser, event_dict
 
 
@@ -51,6 +52,10 @@ class SimulatorState:
         self.known_emails: dict[str, dict[str, Any]] = {}
         self.known_user_ids: dict[str, dict[str, Any]] = {}
         self.requests: list[RequestRecord] = []
+        # The last bodies per endpoint with their answers, for `GET /_sim/requests`.
+        self.recent = RecentRequests()
+        # Probes of GET /api/channels (`check-config --online`), by status.
+        self.channel_probes: Counter[int] = Counter()
         self.statuses: Counter[tuple[str, int]] = Counter()
         self.failed: Counter[tuple[str, str]] = Counter()  # (endpoint, list) -> items
         self.received: Counter[str] = Counter()  # endpoint -> items taken

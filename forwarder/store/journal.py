@@ -21,7 +21,7 @@ from pathlib import Path
 
 from forwarder.errors import LogClosed, StorageUnavailable
 from forwarder.store.framing import Damage, encode_frame, scan_frames
-from forwarder.store.log import LogStats
+from forwarder.store.log import LogStats, ProgressReport
 from forwarder.store.progress import Progress
 
 log = logging.getLogger("forwarder.journal")
@@ -90,11 +90,13 @@ class Journal:
 
     # --- recovery ----------------------------------------------------------------------
 
-    async def recover(self) -> list[tuple[int, bytes]]:
+    async def recover(self, progress: ProgressReport | None = None) -> list[tuple[int, bytes]]:
         """Read what is after the checkpoint (in seq order) and get ready to append."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._open_sync, progress
+        )
 
-    def _open_sync(self) -> list[tuple[int, bytes]]:
+    def _open_sync(self, progress: ProgressReport | None) -> list[tuple[int, bytes]]:
         self.directory.mkdir(parents=True, exist_ok=True)
         checkpoint = self._read_checkpoint()
         found = sorted(
@@ -104,8 +106,13 @@ class Journal:
         replay: list[tuple[int, bytes]] = []
         last = checkpoint
         seen = 0  # the newest valid seq so far: a frame after it must be newer still
+        total = sum(path.stat().st_size for _, path in found)
+        done = 0
         for index, (first, path) in enumerate(found):
+            if progress is not None:
+                progress(done, total)
             data = path.read_bytes()
+            done += len(data)
             scan = scan_frames(data, after_seq=seen)
             is_last = index == len(found) - 1
             for damage in scan.damage:

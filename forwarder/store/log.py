@@ -7,8 +7,13 @@ durability is "memory". A cluster wires another engine behind the same methods.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# How far a long job got, as (done, in all): bytes a log has read back at start, records
+# replayed.
+ProgressReport = Callable[[int, int], None]
 
 
 @dataclass(slots=True)
@@ -37,10 +42,12 @@ class DurableLog(Protocol):
     def last_seq(self) -> int:
         """The sequence number of the newest record appended."""
 
-    async def recover(self) -> list[tuple[int, bytes]]:
+    async def recover(self, progress: ProgressReport | None = None) -> list[tuple[int, bytes]]:
         """The records past the checkpoint, oldest first; then the log takes appends.
 
         The caller tells `expect` how many acknowledgements each of them waits for.
+        `progress(bytes read, bytes in all)` is called as reading goes (maybe from
+        another thread), so a long start can tell systemd it is alive.
         """
 
     def expect(self, seq: int, items: int) -> None:
@@ -75,7 +82,7 @@ class NoLog:
     full = False
     last_seq = 0
 
-    async def recover(self) -> list[tuple[int, bytes]]:
+    async def recover(self, progress: ProgressReport | None = None) -> list[tuple[int, bytes]]:
         return []
 
     def expect(self, seq: int, items: int) -> None:

@@ -33,7 +33,7 @@ from forwarder.ingest.connections import (
 )
 from forwarder.ops.logs import JsonFormatter, RequestDataFilter
 from tests.harness import AMPLITUDE_KEY, serve
-from tests.processes import ROOT, DaemonProcess, free_port
+from tests.processes import ROOT, DaemonProcess, free_port, listen_lines
 
 # `{},` x 6.6M: 19.8 MB of events that each cost ~400 bytes as Event structs (2.46 GB RSS
 # and a 6.75 s stall before the fix); gzip makes the upload 19 KB.
@@ -70,7 +70,7 @@ class Subprocess(DaemonProcess):
         config.write_text(
             f"""
 [server]
-listen = "127.0.0.1:{port}"
+{listen_lines(port)}
 api_keys = ["{AMPLITUDE_KEY}"]
 drain_timeout_seconds = 2
 {server}

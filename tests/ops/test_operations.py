@@ -150,16 +150,19 @@ async def test_readyz_is_off_during_a_drain_and_new_ingest_gets_429(tmp_path: Pa
     port = _free_port()
     config = make_config(tmp_path, sim_url)
     config.server.listen = f"127.0.0.1:{port}"
+    admin_port = _free_port()
+    config.server.admin_listen = f"127.0.0.1:{admin_port}"
     config.server.drain_timeout_seconds = 1.5
     stop = asyncio.Event()
     daemon = asyncio.create_task(serve_daemon(config, stop))
     url = f"http://127.0.0.1:{port}"
+    admin_url = f"http://127.0.0.1:{admin_port}"
     try:
         async with aiohttp.ClientSession() as session:
 
-            async def ready_status() -> int:
+            async def ready_status(at: str = url) -> int:
                 try:
-                    async with session.get(url + "/readyz") as response:
+                    async with session.get(at + "/readyz") as response:
                         return response.status
                 except aiohttp.ClientError:
                     return -1
@@ -179,8 +182,11 @@ async def test_readyz_is_off_during_a_drain_and_new_ingest_gets_429(tmp_path: Pa
             assert status == 200
             stop.set()
             await eventually(lambda: _is(ready_status(), 503))
-            async with session.get(url + "/healthz") as response:
-                assert response.status == 200
+            # The admin port says the same, and stays up through the drain.
+            assert await ready_status(admin_url) == 503
+            for at in (url, admin_url):
+                async with session.get(at + "/healthz") as response:
+                    assert response.status == 200
             status, body = await post_events(
                 session, url, [{"event_type": "E", "user_id": "user-00001"}]
             )
