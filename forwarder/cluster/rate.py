@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 
 from forwarder.cluster.errors import RateBudgetUnavailable
 from forwarder.config import SyncConfig
-from forwarder.deliver.rate import SendStamp
-from forwarder.iterable import ENDPOINTS, Endpoint, rate_of
+from forwarder.deliver.rate import SendStamp, shared_rates
+from forwarder.iterable import Endpoint
 
 # Everything the budget keeps in Redis is named under this prefix.
 DEFAULT_PREFIX = "forwarder:rate"
@@ -95,16 +95,7 @@ def _micros(seconds: float) -> float:
 def rules_of(syncs: Iterable[SyncConfig]) -> dict[tuple[str, Endpoint], BudgetRule]:
     """The rule per (API key, endpoint): syncs on one key share its budget, at the lowest
     rate and the widest headroom any of them configures (as RateGates)."""
-    rates: dict[tuple[str, Endpoint], tuple[float, float]] = {}
-    for sync in syncs:
-        for endpoint in ENDPOINTS:
-            key = (sync.api_key, endpoint)
-            rate, headroom = rate_of(sync.limits, endpoint), sync.delivery.rate_headroom
-            known = rates.get(key)
-            if known is not None:
-                rate, headroom = min(rate, known[0]), max(headroom, known[1])
-            rates[key] = (rate, headroom)
-    return {key: rule_for(rate, headroom) for key, (rate, headroom) in rates.items()}
+    return {key: rule_for(*tuning) for key, tuning in shared_rates(syncs).items()}
 
 
 def budget_keys(prefix: str, api_key: str, endpoint: Endpoint) -> tuple[str, str]:

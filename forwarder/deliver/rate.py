@@ -76,12 +76,12 @@ class RateGates:
     """
 
     def __init__(self, syncs: Iterable[SyncConfig]) -> None:
-        self._gates = {key: RateGate(*tuning) for key, tuning in _rates(syncs).items()}
+        self._gates = {key: RateGate(*tuning) for key, tuning in shared_rates(syncs).items()}
 
     def configure(self, syncs: Iterable[SyncConfig]) -> None:
         """The limits of a reloaded config (the syncs still sending, draining ones too): a
         gate whose key stays keeps its pacing and window, retuned if its rate changed."""
-        for key, (rate, headroom) in _rates(syncs).items():
+        for key, (rate, headroom) in shared_rates(syncs).items():
             gate = self._gates.get(key)
             if gate is None:
                 self._gates[key] = RateGate(rate, headroom)
@@ -92,7 +92,7 @@ class RateGates:
         return await self._gates[(api_key, endpoint)].acquire()
 
 
-def _rates(syncs: Iterable[SyncConfig]) -> dict[tuple[str, Endpoint], tuple[float, float]]:
+def shared_rates(syncs: Iterable[SyncConfig]) -> dict[tuple[str, Endpoint], tuple[float, float]]:
     """(rate, headroom) per (key, endpoint): the lowest rate and the widest headroom."""
     rates: dict[tuple[str, Endpoint], tuple[float, float]] = {}
     for sync in syncs:
