@@ -159,8 +159,17 @@ async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
                 return (await get_json(session, daemon.url + "/readyz"))[0] == expected
 
             await eventually(lambda: readiness(503), timeout=5)
-            status, body = await load.post()  # refused up front while the probe fails
-            assert status == 503 and body["code"] == 503
+            top_ups = [top_up]
+
+            async def refused_up_front() -> bool:
+                # A failed write's clean-up (a cut-back group, SQLite's WAL) can still give
+                # space back after the top-up, and a probe then passes: take it too, so
+                # the probe fails and the next request is refused before any write.
+                top_ups.append(fill(small_disk, name=f"top-up-{len(top_ups)}"))
+                status, body = await load.post()
+                return status == 503 and body["code"] == 503
+
+            await eventually(refused_up_front, timeout=10, every=1.5)
             _, status_page = await get_json(session, daemon.admin_url + "/status")
             assert "ENOSPC" in status_page["storage_fault"]
             async with session.get(daemon.admin_url + "/metrics") as response:
@@ -170,7 +179,8 @@ async def test_disk_full_mid_load_answers_503_and_loses_nothing_across_kill_9(
             full_at = len(load.statuses)
 
             filler.unlink()  # space is back: the probe turns storage on again
-            top_up.unlink()
+            for taken in top_ups:
+                taken.unlink()
 
             async def accepted_again() -> bool:
                 return (await load.post())[0] == 200
