@@ -18,12 +18,28 @@ def chosen_syncs(config: Config, sync_name: str | None) -> list[SyncConfig]:
     return syncs
 
 
+def letter_files(config: Config, sync_name: str | None) -> list[str]:
+    """The syncs whose letters to read: the configured ones (or the one named), and any
+    other sync with a dead-letter file, such as one a reload removed (its items became
+    `sync_removed` letters); KeyError when the named one is neither."""
+    names = [s.name for s in config.syncs if sync_name is None or s.name == sync_name]
+    folder = dead_letter_path(config.storage.path, "-").parent
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.jsonl")):
+            name = path.name.removesuffix(".jsonl")
+            if name not in names and (sync_name is None or name == sync_name):
+                names.append(name)
+    if sync_name is not None and not names:
+        raise KeyError(sync_name)
+    return names
+
+
 def summarize(config: Config, sync_name: str | None, chosen: LetterFilter) -> list[SyncSummary]:
     """Per sync, the matching letters by kind with the oldest and newest (no item, no email)."""
     summaries = []
-    for sync in chosen_syncs(config, sync_name):
-        summary = SyncSummary(sync.name)
-        for line, letter in read_lines(dead_letter_path(config.storage.path, sync.name)):
+    for name in letter_files(config, sync_name):
+        summary = SyncSummary(name)
+        for line, letter in read_lines(dead_letter_path(config.storage.path, name)):
             if not isinstance(letter, DeadLetter):
                 summary.unreadable += 1
             elif chosen.matches(letter, letter_id(line)):
@@ -36,8 +52,8 @@ def matching(
     config: Config, sync_name: str | None, chosen: LetterFilter
 ) -> Iterator[tuple[str, DeadLetter]]:
     """Each matching letter with its id, file by file in file order."""
-    for sync in chosen_syncs(config, sync_name):
-        for line, letter in read_lines(dead_letter_path(config.storage.path, sync.name)):
+    for name in letter_files(config, sync_name):
+        for line, letter in read_lines(dead_letter_path(config.storage.path, name)):
             if isinstance(letter, DeadLetter):
                 ident = letter_id(line)
                 if chosen.matches(letter, ident):
@@ -52,8 +68,8 @@ def purge(config: Config, sync_name: str | None, chosen: LetterFilter) -> list[S
     """
     removed = []
     fsync = config.storage.durability == "journal"
-    for sync in chosen_syncs(config, sync_name):
-        summary = SyncSummary(sync.name)
+    for name in letter_files(config, sync_name):
+        summary = SyncSummary(name)
 
         def take(line: bytes, letter: DeadLetter, summary: SyncSummary = summary) -> bool:
             if not chosen.matches(letter, letter_id(line)):
@@ -61,7 +77,7 @@ def purge(config: Config, sync_name: str | None, chosen: LetterFilter) -> list[S
             summary.add(letter)
             return True
 
-        path = dead_letter_path(config.storage.path, sync.name)
+        path = dead_letter_path(config.storage.path, name)
         aside = take_aside(path, take, PURGING, fsync)
         if aside is not None:
             aside.path.unlink()

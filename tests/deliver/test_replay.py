@@ -151,6 +151,22 @@ def test_purge_removes_only_the_matching_letters(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["test.jsonl"]
 
 
+def test_letters_of_a_sync_no_longer_configured_are_listed_and_purged(tmp_path: Path) -> None:
+    """A reload that removed a sync leaves its file (and recovery its `sync_removed`
+    letters): the operator still sees them, by name too, and can purge them."""
+    config = make_config(tmp_path, "http://127.0.0.1:9")
+    gone = dead_letter_path(config.storage.path, "gone")
+    DeadLetterFile(gone, fsync=False).write([letter(1), letter(2, FailureKind.SYNC_REMOVED)])
+    summaries = summarize(config, None, LetterFilter())
+    assert [(s.sync, s.total) for s in summaries] == [("test", 0), ("gone", 2)]
+    (only,) = summarize(config, "gone", LetterFilter(reason="sync_removed"))
+    assert only.by_kind == {"sync_removed": 1}
+    (removed,) = purge(config, "gone", LetterFilter())
+    assert removed.total == 2
+    with pytest.raises(KeyError):
+        summarize(config, "never-was", LetterFilter())
+
+
 # --- replay in this process ------------------------------------------------------------
 
 
