@@ -13,6 +13,8 @@ commands:
             naive references measured in the same run (--help for flags)
   load      simulator + daemon as subprocesses, concurrent clients over 127.0.0.1
             (--seconds, --concurrency, --durability, --overload; --help for all)
+  cluster   1, 2, 3 nodes in cluster mode on one NATS and one Redis, one client process
+            spreading requests over them (--nodes 1,2,3 --seconds 15; --help for all)
 """
 
 
@@ -29,6 +31,10 @@ def main(argv: list[str]) -> int:
         from bench import load
 
         load.main(rest)
+    elif command == "cluster":
+        from bench import cluster
+
+        cluster.main(rest)
     elif command == "all":
         from bench import hotpath, load
 

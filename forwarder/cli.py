@@ -1,4 +1,4 @@
-"""The `forwarder` command: run, check-config, dead-letters, simulate-iterable."""
+"""The `forwarder` command: run, check-config, dead-letters, cluster, simulate-iterable."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from forwarder import __version__
+from forwarder.cluster.status_cli import add_arguments as add_cluster_arguments
 from forwarder.config import Config, config_warnings, load_config, summarize
 from forwarder.errors import ConfigError
 from forwarder.ops.dead_letter_cli import add_arguments as add_dead_letter_arguments
@@ -78,6 +79,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from forwarder.cluster.status_cli import run as run_cluster
+
+    return run_cluster(args, _load(args.config))
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -158,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         "replay: resend them (through the running daemon when one answers); purge: remove them.",
     )
     add_dead_letter_arguments(dead)
+    cluster = _command(
+        commands,
+        "cluster",
+        cmd_cluster,
+        "cluster mode: status of the nodes and partitions",
+        "status: the live nodes, each partition's owner and lag, read from NATS.",
+        reads_config=False,  # each action takes its own --config
+    )
+    add_cluster_arguments(cluster)
     init = _command(
         commands,
         "init",

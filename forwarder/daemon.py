@@ -15,7 +15,7 @@ from aiohttp import web
 from forwarder.config import Config, config_warnings
 from forwarder.deliver.rate import RateGates
 from forwarder.deliver.sync import SyncDelivery
-from forwarder.errors import ListenError, StorageLocked
+from forwarder.errors import ForwarderError, ListenError, StorageLocked
 from forwarder.ingest.app import STATE_KEY, build_app
 from forwarder.ingest.connections import GuardedAppRunner, raise_file_limit
 from forwarder.ingest.intake import Intake
@@ -104,6 +104,10 @@ async def serve(
 ) -> int:
     """Run until `stop` is set, then drain; the process exit status. Each time `reload`
     is set, `config_path` is read again and its syncs put in force."""
+    if config.cluster is not None:
+        from forwarder.cluster.serve import serve_cluster  # only cluster mode loads its clients
+
+        return await serve_cluster(config, stop, reload, config_path)
     pipeline = await open_pipeline(config)
     if config_path is not None:
         pipeline.config_source = ConfigSource.at_start(config_path)
@@ -204,6 +208,11 @@ def run(config: Config, config_path: str | None = None) -> int:
         return uvloop.run(main())
     except ListenError as error:  # one line, not a traceback: the operator's fix is plain
         print(f"forwarder: {error}", file=sys.stderr)
+        return EXIT_LISTEN
+    except ForwarderError as error:  # cluster mode: NATS unreachable, the stream disagrees
+        if config.cluster is None:
+            raise
+        log.critical("%s", error)
         return EXIT_LISTEN
     finally:
         lock.release()

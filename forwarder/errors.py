@@ -80,6 +80,12 @@ class StorageUnavailable(ForwarderError):
     client is answered 503 and retries; nothing of the request is kept."""
 
 
+class IngestThrottled(ForwarderError):
+    """The sink could not take a request now but will soon (cluster mode: JetStream refused,
+    timed out or can't be reached): answered 429, every event throttled, so the SDKs
+    send it again after a while; nothing of it counts as accepted."""
+
+
 class StorageLocked(ForwarderError):
     """Another process holds the lock on storage.path: a second daemon must not run there."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -196,6 +196,36 @@ class Lanes:
         self.bytes += sign * size
         self.queued_per_endpoint[queued.endpoint] += sign
         self.bytes_per_endpoint[queued.endpoint] += sign * size
+
+    def drop(self, doomed: Callable[[Queued], bool]) -> list[Queued]:
+        """Take the queued items `doomed` picks out of their lanes (in a cluster: those of
+        a partition another node now owns, which it delivers); the items taken.
+
+        A merged item goes only when every item merged into it is doomed (else it stays
+        whole: the other node sends the doomed part again, under the same ids). Items in
+        flight are not queued, so they settle as usual.
+        """
+        dropped: list[Queued] = []
+        touched: set[str] = set()
+        for user, lane in self._lanes.items():
+            kept = deque(q for q in lane if not all(doomed(o) for o in q.originals))
+            if len(kept) != len(lane):
+                dropped.extend(q for q in lane if all(doomed(o) for o in q.originals))
+                self._lanes[user] = kept
+                touched.add(user)
+        for queued in dropped:
+            self._count(queued, -1)
+            held = queued.holds
+            if held is not None and held != queued.user and self._held.get(held):
+                self._held[held] -= 1
+                if not self._held[held]:
+                    del self._held[held]
+                touched.add(held)
+        for user in touched:
+            self._ready_or_not(user)
+            if not self._lanes.get(user):
+                self._lanes.pop(user, None)
+        return dropped
 
     def drain_all(self) -> list[Queued]:
         """Everything still queued (for shutdown accounting), leaving the lanes empty."""

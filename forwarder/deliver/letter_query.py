@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from forwarder.config import Config, SyncConfig
@@ -36,6 +37,10 @@ def letter_files(config: Config, sync_name: str | None) -> list[str]:
 
 def summarize(config: Config, sync_name: str | None, chosen: LetterFilter) -> list[SyncSummary]:
     """Per sync, the matching letters by kind with the oldest and newest (no item, no email)."""
+    if config.cluster is not None:
+        from forwarder.cluster import letter_query as in_redis  # redis only in cluster mode
+
+        return asyncio.run(in_redis.summarize(config, sync_name, chosen))
     summaries = []
     for name in letter_files(config, sync_name):
         summary = SyncSummary(name)
@@ -52,6 +57,11 @@ def matching(
     config: Config, sync_name: str | None, chosen: LetterFilter
 ) -> Iterator[tuple[str, DeadLetter]]:
     """Each matching letter with its id, file by file in file order."""
+    if config.cluster is not None:
+        from forwarder.cluster import letter_query as in_redis
+
+        yield from asyncio.run(in_redis.matching(config, sync_name, chosen))
+        return
     for name in letter_files(config, sync_name):
         for line, letter in read_lines(dead_letter_path(config.storage.path, name)):
             if isinstance(letter, DeadLetter):
@@ -65,7 +75,12 @@ def purge(config: Config, sync_name: str | None, chosen: LetterFilter) -> list[S
 
     Safe beside a running daemon: the file is moved aside and the rest appended back
     (`take_aside`), so a letter the daemon appends meanwhile lands in the fresh file.
+    In cluster mode the letters are deleted from their Redis stream by entry id.
     """
+    if config.cluster is not None:
+        from forwarder.cluster import letter_query as in_redis
+
+        return asyncio.run(in_redis.purge(config, sync_name, chosen))
     removed = []
     fsync = config.storage.durability == "journal"
     for name in letter_files(config, sync_name):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -106,12 +106,23 @@ def shared_rates(syncs: Iterable[SyncConfig]) -> dict[tuple[str, Endpoint], tupl
     return rates
 
 
+class ReportedStamp(list[float]):
+    """A SendStamp whose budget hears when the request really left (a budget shared by
+    several processes can't watch the stamps it handed out)."""
+
+    def __init__(self, at: float, on_sent: Callable[[float], None]) -> None:
+        super().__init__([at])
+        self.on_sent = on_sent
+
+
 async def _stamp_sent(
     session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestHeadersSentParams
 ) -> None:
     stamp = context.trace_request_ctx
     if isinstance(stamp, list):
         stamp[0] = time.monotonic()
+        if isinstance(stamp, ReportedStamp):
+            stamp.on_sent(stamp[0])
 
 
 def send_time_tracing() -> aiohttp.TraceConfig:

@@ -14,7 +14,7 @@ import msgspec
 from forwarder.deliver.origin import LetterOrigin
 from forwarder.deliver.sync import SyncDelivery
 from forwarder.iterable import Endpoint
-from forwarder.store.dead_letters import DeadLetter, DeadLetterFile, encode_letter
+from forwarder.store.dead_letters import DeadLetter, DeadLetterFile, encode_letter, letter_file
 from forwarder.store.letter_aside import Aside
 
 # Replayed items queued and not yet settled, at most: a replay of a million letters must
@@ -90,7 +90,8 @@ class SyncReplay:
                 endpoint, item = Endpoint(letter.endpoint), letter.to_item()
             except (ValueError, msgspec.ValidationError):
                 # Not an item we can send (edited by hand?): it goes back as it was.
-                self.delivery.settlement.dead_letters.append_lines([encode_letter(letter)])
+                back = letter_file(self.delivery.settlement.dead_letters)
+                back.append_lines([encode_letter(letter)])
                 self.progress.unsendable += 1
                 continue
             origin = LetterOrigin(letter, self._settled)

@@ -37,6 +37,8 @@ class DeliveryStats:
     responses: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
     items_sent: Counter[str] = field(default_factory=Counter)
+    # Turns the shared rate budget (Redis) could not give, by endpoint: the batch waited.
+    budget_waits: Counter[str] = field(default_factory=Counter)
     latency: dict[str, LatencyHistogram] = field(default_factory=dict)
     in_flight: int = 0
     # Dead letters the disk refused so far: their items wait, unacknowledged.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import msgspec
 
@@ -12,6 +13,7 @@ from forwarder.config import SyncConfig
 from forwarder.deliver.batcher import Batcher
 from forwarder.deliver.lanes import Lanes, Queued
 from forwarder.deliver.origin import LetterOrigin
+from forwarder.deliver.patient_budget import PatientBudget
 from forwarder.deliver.pause import Pause
 from forwarder.deliver.rate import RateBudget, SendStamp
 from forwarder.deliver.sender import Sender
@@ -19,7 +21,7 @@ from forwarder.deliver.settle import Acknowledge, Settlement
 from forwarder.deliver.stats import DeliveryStats
 from forwarder.errors import Failure, FailureKind
 from forwarder.iterable import ENDPOINTS, BatchCaps, Endpoint, Item, caps_of, identity_of
-from forwarder.store.dead_letters import DeadLetterFile
+from forwarder.store.dead_letters import DeadLetterSink
 
 log = logging.getLogger("forwarder.sender")
 _encoder = msgspec.json.Encoder()
@@ -32,7 +34,7 @@ class SyncDelivery:
         self,
         sync: SyncConfig,
         rate: RateBudget,
-        dead_letters: DeadLetterFile,
+        dead_letters: DeadLetterSink,
         acknowledge: Acknowledge,
         rng: random.Random | None = None,
         stats: DeliveryStats | None = None,
@@ -42,6 +44,8 @@ class SyncDelivery:
         self.lanes = Lanes()
         # Given when the sync had a delivery before (a reload): its counters go on.
         self.stats = stats or DeliveryStats()
+        # A shared budget out of reach makes batches wait, never fail.
+        rate = PatientBudget(rate, sync.name, self.stats)
         self.pause = Pause(sync, waiting=lambda: self.lanes.items)
         self.settlement = Settlement(sync.name, self.stats, dead_letters, acknowledge)
         self.sender = Sender(sync, rate, self.settlement, self.pause, rng)
@@ -109,6 +113,14 @@ class SyncDelivery:
         self.lanes.put(queued)
         self._idle.clear()
         self._batchers[endpoint].wake.set()
+
+    def drop(self, doomed: Callable[[Queued], bool]) -> int:
+        """Forget the queued items `doomed` picks (in a cluster: a partition this node no
+        longer owns, whose new owner delivers them); how many. None is settled."""
+        dropped = self.lanes.drop(doomed)
+        if not self.lanes.items and not self._tasks:
+            self._idle.set()
+        return sum(len(queued.originals) for queued in dropped)
 
     # --- a reload ----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 
 from forwarder.config import ServerConfig
 from forwarder.deliver.stats import LatencyHistogram
-from forwarder.errors import FailureKind, StorageUnavailable
+from forwarder.errors import FailureKind, IngestThrottled, StorageUnavailable
 from forwarder.ingest import amplitude
 from forwarder.ingest.amplitude import ErrorBody, Event, RejectedRequest
 from forwarder.ingest.cors import CorsPolicy, cors_middleware
@@ -39,7 +39,8 @@ class EventSink(Protocol):
     async def accept(self, events: list[Event]) -> None:
         """Take validated events; returns once they are as durable as the config asks.
 
-        Raises StorageUnavailable when storage can't take them (answered as a 503).
+        Raises StorageUnavailable when storage can't take them (answered as a 503), and
+        IngestThrottled when it can't take them now (a 429, as `refusal`).
         """
 
 
@@ -119,17 +120,26 @@ async def _admit_and_accept(state: IngestState, events: list[Event]) -> web.Resp
     """Hand events to the sink, or a 429 when it has no room (nothing is dropped)."""
     reason = "Server is shutting down" if not state.accepting else state.sink.refusal(len(events))
     if reason is not None:
-        state.events_throttled += len(events)
-        state.rejected[FailureKind.THROTTLED.value] += 1
-        return json_response(amplitude.throttled(len(events), reason), 429)
+        return _throttled(state, len(events), reason)
     try:
         await state.sink.accept(events)
+    except IngestThrottled as error:
+        return _throttled(state, len(events), str(error))
+    except RejectedRequest as rejected:
+        # What only the sink can tell (cluster mode: an event larger than a message may be).
+        return _rejected(state, rejected)
     except StorageUnavailable as error:
         # Retryable, and nothing of the request was kept: never a 500 for a full disk.
         state.rejected[FailureKind.STORAGE_UNAVAILABLE.value] += 1
         return error_response(503, f"Storage unavailable, retry later: {error}")
     state.events_accepted += len(events)
     return None
+
+
+def _throttled(state: IngestState, count: int, reason: str) -> web.Response:
+    state.events_throttled += count
+    state.rejected[FailureKind.THROTTLED.value] += 1
+    return json_response(amplitude.throttled(count, reason), 429)
 
 
 def _rejected(state: IngestState, rejected: RejectedRequest) -> web.Response:

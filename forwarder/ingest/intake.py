@@ -152,11 +152,21 @@ class Intake:
         users.update(event.device_id for event in events if event.device_id)
         users.discard("")  # a $groupidentify's: it has no user
         await self.profiles.load(users)
+        if self.seen.fetches:  # only a shared store: embedded mode hashes no key twice
+            keys = {key for key in map(dedupe_key, events) if key is not None}
+            await self.seen.fetch(keys)
 
-    def process(self, events: Iterable[Event], now: int) -> Intaken:
-        """Route loaded events in order; `now` (Unix seconds) dates events without a time."""
+    def process(self, events: Iterable[Event], now: int, salt: bytes | None = None) -> Intaken:
+        """Route loaded events in order; `now` (Unix seconds) dates events without a time.
+
+        `salt` makes the ids of events without insert_id (with each event's index): given,
+        the same events get the same ids again (a cluster salts with the stream sequence,
+        so a message delivered again after a failover is sent under the same ids); else a
+        salt unique to this request in this process's life.
+        """
         intaken = Intaken(now=now)
-        salt = self._boot + next(self._requests).to_bytes(8, "little")
+        if salt is None:
+            salt = self._boot + next(self._requests).to_bytes(8, "little")
         for index, event in enumerate(events):
             # The salt is only hashed for an event without insert_id: build it only then.
             place = salt if event.insert_id else salt + index.to_bytes(4, "little")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from forwarder.config import ServerConfig
 from forwarder.ingest.app import STATE_KEY, IngestState, healthz, readyz
 from forwarder.ops.dead_letter_routes import add_dead_letter_routes
 from forwarder.ops.metrics import metrics_handler
+from forwarder.ops.snapshot import Snapshot
 from forwarder.ops.status import status_handler
 from forwarder.pipeline import Pipeline
 
@@ -17,13 +20,19 @@ def build_admin_app(pipeline: Pipeline, ingest: IngestState) -> web.Application:
 
     `ingest` is the ingest app's state, shared so both ports' /readyz say the same.
     """
+    app = build_status_app(pipeline.snapshot, ingest)
+    add_dead_letter_routes(app, pipeline)
+    return app
+
+
+def build_status_app(snapshot: Callable[[], Snapshot], ingest: IngestState) -> web.Application:
+    """The routes every mode has (a cluster node's admin app is only these)."""
     app = web.Application()
     app[STATE_KEY] = ingest
-    app.router.add_get("/metrics", metrics_handler(pipeline.snapshot, ingest))
-    app.router.add_get("/status", status_handler(pipeline.snapshot))
+    app.router.add_get("/metrics", metrics_handler(snapshot, ingest))
+    app.router.add_get("/status", status_handler(snapshot))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    add_dead_letter_routes(app, pipeline)
     return app
 
 

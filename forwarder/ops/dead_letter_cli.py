@@ -13,6 +13,7 @@ from typing import Any
 from forwarder.config import Config
 from forwarder.deliver.letter_query import matching, purge, summarize
 from forwarder.deliver.letter_select import LetterFilter, SyncSummary, iso, letter_json, parse_since
+from forwarder.errors import ForwarderError
 
 ACTIONS = ("list", "show", "replay", "purge")
 EXIT_USAGE = 2
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except KeyError:
         print(f"forwarder: no sync named {args.sync!r} in {args.config}", file=sys.stderr)
         return EXIT_USAGE
+    except ForwarderError as error:  # cluster mode: Redis did not answer
+        print(f"forwarder: {error}", file=sys.stderr)
+        return 1
 
 
 def _print_summaries(summaries: Iterable[SyncSummary], as_json: bool, what: str) -> None:
@@ -129,6 +133,13 @@ def _replay(config: Config, args: argparse.Namespace, chosen: LetterFilter) -> i
         return 0
     if args.sync is not None and args.sync not in {s.name for s in config.syncs}:
         raise KeyError(args.sync)
+    if config.cluster is not None:
+        # In this process, under the rate budget the nodes share (no daemon to ask).
+        from forwarder.cluster.replay import run_cluster_replay
+
+        results = run_cluster_replay(config, args.sync, args.timeout, chosen, to_stderr)
+        _print_replayed([vars(r) for r in results], args.json)
+        return 0
     if not args.local:
         try:
             body = asyncio.run(

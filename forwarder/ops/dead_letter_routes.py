@@ -19,7 +19,7 @@ from forwarder.deliver.letter_select import LetterFilter, SyncSummary, parse_sin
 from forwarder.deliver.replay_job import SyncReplay, progress_line
 from forwarder.deliver.sync import SyncDelivery
 from forwarder.pipeline import Pipeline
-from forwarder.store.dead_letters import DeadLetter, letter_id, read_lines
+from forwarder.store.dead_letters import DeadLetter, letter_file, letter_id, read_lines
 from forwarder.store.letter_aside import REPLAYING, take_aside
 
 log = logging.getLogger("forwarder.replay")
@@ -58,7 +58,9 @@ class ReplayRun:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        return sum(r.put_back(r.delivery.settlement.dead_letters) for r in self.replays)
+        return sum(
+            r.put_back(letter_file(r.delivery.settlement.dead_letters)) for r in self.replays
+        )
 
 
 class DaemonReplays:
@@ -76,7 +78,7 @@ class DaemonReplays:
         summaries = []
         for delivery in self.deliveries(sync):
             summary = SyncSummary(delivery.name)
-            for line, letter in read_lines(delivery.settlement.dead_letters.path):
+            for line, letter in read_lines(letter_file(delivery.settlement.dead_letters).path):
                 if isinstance(letter, DeadLetter) and chosen.matches(letter, letter_id(line)):
                     summary.add(letter)
             summaries.append(summary)
@@ -90,7 +92,8 @@ class DaemonReplays:
 
         replays = []
         for delivery in self.deliveries(sync):
-            aside = take_aside(delivery.settlement.dead_letters.path, pick, REPLAYING, fsync)
+            path = letter_file(delivery.settlement.dead_letters).path
+            aside = take_aside(path, pick, REPLAYING, fsync)
             if aside is not None:
                 replays.append(SyncReplay(delivery, aside))
         run = ReplayRun(replays)

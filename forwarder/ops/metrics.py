@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -104,6 +104,8 @@ class ForwarderCollector:
         )
         yield from self._syncs(snapshot)
         yield from _config(snapshot)
+        if snapshot.cluster is not None:
+            yield from _cluster(snapshot.cluster)
         if snapshot.log is not None:
             yield from self._journal(snapshot.log)
             yield _single(
@@ -215,6 +217,15 @@ class ForwarderCollector:
         for sync in snapshot.syncs:
             letter_bytes.add_metric([sync.name], sync.dead_letter_bytes)
         yield letter_bytes
+        budget_waits = CounterMetricFamily(
+            "forwarder_sync_rate_budget_waits",
+            "Turns the shared rate budget (Redis) could not give: the batch waited",
+            labels=_ENDPOINT,
+        )
+        for sync in snapshot.syncs:
+            for path, count in sorted(sync.delivery.budget_waits.items()):
+                budget_waits.add_metric([sync.name, path], count)
+        yield budget_waits
 
     def _journal(self, journal: LogStats) -> Iterator[Metric]:
         yield _single(
@@ -302,3 +313,43 @@ def metrics_handler(snapshot: Callable[[], Snapshot], ingest: IngestState) -> Ha
         return response
 
     return metrics
+
+
+def _cluster(section: dict[str, Any]) -> Iterator[Metric]:
+    """Cluster mode: this node's partitions and messages, and each partition's lag."""
+    mine = section.get("this_node", {})
+    yield _single(
+        GaugeMetricFamily,
+        "forwarder_cluster_partitions_owned",
+        "Partitions this node delivers now",
+        len(mine.get("owned_partitions", [])),
+    )
+    yield _single(
+        CounterMetricFamily,
+        "forwarder_cluster_messages_acknowledged",
+        "Stream messages this node acknowledged (items settled, profiles stored)",
+        mine.get("messages_acknowledged", 0),
+    )
+    yield _single(
+        GaugeMetricFamily,
+        "forwarder_cluster_messages_unacknowledged",
+        "Stream messages this node fetched and has not acknowledged yet",
+        mine.get("messages_unacknowledged", 0),
+    )
+    lag = GaugeMetricFamily(
+        "forwarder_cluster_partition_lag",
+        "Messages of a partition not yet acknowledged (as last read from NATS)",
+        labels=["partition"],
+    )
+    for row in section.get("partitions", []):
+        if row.get("lag") is not None:
+            lag.add_metric([str(row["partition"])], row["lag"])
+    yield lag
+    failures = CounterMetricFamily(
+        "forwarder_cluster_ingest_failures",
+        "Requests answered 429 because JetStream did not store them, by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(mine.get("ingest", {}).get("failures", {}).items()):
+        failures.add_metric([reason], count)
+    yield failures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from forwarder.deliver.stats import DeliveryStats
 from forwarder.ingest.intake import RouteStats
@@ -74,3 +75,6 @@ class Snapshot:
     # Items the journal held for syncs no longer configured, written as dead letters at
     # the last start: per sync name.
     unconfigured_dead_letters: dict[str, int] = field(default_factory=dict)
+    # Cluster mode's section of /status (this node, the nodes, each partition's owner
+    # and lag, what this node's consumers did); None in embedded mode.
+    cluster: dict[str, Any] | None = None

@@ -88,6 +88,8 @@ def status_body(snapshot: Snapshot) -> dict[str, Any]:
         "config": _config_status(snapshot),
         # Journal items of syncs no longer configured, dead-lettered at the last start.
         "unconfigured_sync_dead_letters": snapshot.unconfigured_dead_letters,
+        # Cluster mode only: nodes, partition owners and lag.
+        **({"cluster": snapshot.cluster} if snapshot.cluster is not None else {}),
     }
 
 

@@ -6,9 +6,9 @@ import errno
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -68,12 +68,33 @@ class DeadLetterCapReached(OSError):
     """The dead-letter file is at `storage.dead_letter_max_bytes`: nothing more is written
     (the items wait, unacknowledged, as for a full disk) until a replay or purge."""
 
-    def __init__(self, path: Path, size: int, cap: int) -> None:
+    def __init__(self, path: Path | str, size: int, cap: int) -> None:
         super().__init__(
             errno.ENOSPC,
             f"{path} holds {size} bytes, at storage.dead_letter_max_bytes ({cap}): "
             "replay or purge dead letters",
         )
+
+
+class DeadLetterSink(Protocol):
+    """Where one sync's dead letters go: a file on this host (embedded mode) or Redis
+    (cluster mode), capped at `max_bytes`."""
+
+    max_bytes: int | None
+    # True from a write the cap refused until one is taken again.
+    at_cap: bool
+
+    @property
+    def where(self) -> str:
+        """The place, for log lines and errors."""
+
+    def size(self) -> int:
+        """Bytes held (as last seen: a shared store may have changed since)."""
+
+    def write(self, letters: list[DeadLetter]) -> int | Awaitable[int]:
+        """Store the letters durably; how many (the first ones) went, or an awaitable of
+        that. Raises (or the awaitable raises) OSError or ForwarderError when refused,
+        DeadLetterCapReached when none fits under the cap."""
 
 
 class DeadLetterFile:
@@ -89,6 +110,10 @@ class DeadLetterFile:
         self.max_bytes = max_bytes
         # True from a write the cap refused until one is taken again.
         self.at_cap = False
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def size(self) -> int:
         try:
@@ -138,6 +163,14 @@ class DeadLetterFile:
         return len(chunks)
 
 
+def letter_file(sink: DeadLetterSink) -> DeadLetterFile:
+    """The sink as a file, for what works on files only (replay moves files aside);
+    ValueError for another sink."""
+    if not isinstance(sink, DeadLetterFile):
+        raise ValueError(f"dead letters in {sink.where} are not a file: replay needs one")
+    return sink
+
+
 def _fitting(chunks: list[bytes], room: int, empty: bool) -> list[bytes]:
     """The first chunks that fit in `room` bytes; the first one alone into an empty
     file even if it does not (a letter larger than the cap must not wait forever)."""
@@ -167,6 +200,14 @@ def make_letter(
         item=msgspec.to_builtins(item),
         first_failed_at=first_failed_at,
     )
+
+
+def decode_line(line: bytes, where: str) -> DeadLetter | str:
+    """The line's letter, or its error text (prefixed with `where`) when it does not decode."""
+    try:
+        return _decoder.decode(line)
+    except msgspec.DecodeError as error:
+        return f"{where}: {error}"
 
 
 def read_lines(path: Path) -> Iterator[tuple[bytes, DeadLetter | str]]:

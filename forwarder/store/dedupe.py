@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Collection, Iterable
+from typing import ClassVar, Protocol
 
 
 class SeenInserts(Protocol):
@@ -13,6 +13,12 @@ class SeenInserts(Protocol):
     Keys are added only once their request's record is durable; a key seen again within
     the window is a repeat, which Amplitude answers 200 and applies nothing of.
     """
+
+    # True when seen() needs fetch() of its keys first (a store kept in another process).
+    fetches: ClassVar[bool]
+
+    async def fetch(self, keys: Collection[bytes]) -> None:
+        """After this, seen() of these keys needs no I/O (only called when `fetches`)."""
 
     def seen(self, key: bytes, now: int) -> bool:
         """True when `key` was added less than the window before `now` (Unix seconds)."""
@@ -40,6 +46,11 @@ class MemorySeenInserts:
         # Keys dropped for room before their window ended (a repeat of one is applied).
         self.evicted = 0
         self._at: OrderedDict[bytes, int] = OrderedDict()
+
+    fetches: ClassVar[bool] = False
+
+    async def fetch(self, keys: Collection[bytes]) -> None:
+        return None
 
     def __len__(self) -> int:
         return len(self._at)

@@ -10,7 +10,14 @@ import time
 import pytest
 
 from forwarder.cluster.errors import RateBudgetUnavailable
-from forwarder.cluster.rate import DEFAULT_PREFIX, budget_keys, rule_for, rules_of
+from forwarder.cluster.rate import (
+    DEFAULT_PREFIX,
+    budget_keys,
+    late_tolerance,
+    rule_for,
+    rules_of,
+)
+from forwarder.deliver.rate import ReportedStamp
 from forwarder.iterable import Endpoint
 from tests.cluster.rate_load import (
     ENDPOINT,
@@ -21,6 +28,7 @@ from tests.cluster.rate_load import (
     tightest_span,
 )
 from tests.cluster.servers import RedisServer, client_module
+from tests.harness import eventually
 from tests.processes import ROOT
 
 client_module("redis.asyncio", "redis")
@@ -41,6 +49,13 @@ def test_rule_paces_with_the_headroom_and_caps_each_second() -> None:
     assert rule_for(RATE, 0.0).interval == 100_000
     assert rule_for(2.5, HEADROOM).limit == 2
     assert rule_for(0.5, 0.0).limit == 1
+
+
+def test_a_send_may_wake_late_by_half_the_headrooms_slack() -> None:
+    assert late_tolerance(rule_for(RATE, HEADROOM)) == pytest.approx(0.025)
+    assert late_tolerance(rule_for(RATE, 0.0)) == 0.0
+    # Below one request a second the only slot has the window's whole rest as slack.
+    assert late_tolerance(rule_for(0.5, 0.0)) == pytest.approx(0.5)
 
 
 def test_syncs_on_one_key_share_the_lowest_rate_and_widest_headroom() -> None:
@@ -192,6 +207,49 @@ async def test_acquire_hands_out_a_send_stamp(redis_server: RedisServer) -> None
         before = time.monotonic()
         stamp = await budget.acquire(KEY, ENDPOINT)
         assert before <= stamp[0] <= time.monotonic()
+    finally:
+        await client.aclose()
+
+
+async def test_a_slot_woken_too_late_is_given_up_for_a_later_one(
+    redis_server: RedisServer,
+) -> None:
+    """A loop blocked past the slot (a busy node) must not send on it."""
+    budget, client = budget_for(redis_server.url, KEY, RATE, HEADROOM)
+    try:
+        await budget.acquire(KEY, ENDPOINT)  # the next slot is one interval away
+
+        async def block_the_loop() -> None:
+            await asyncio.sleep(0.01)
+            time.sleep(0.2)  # deliberately blocking: a node whose cores are busy
+
+        blocker = asyncio.create_task(block_the_loop())
+        await budget.acquire(KEY, ENDPOINT)
+        await blocker
+        assert budget.slots_given_up >= 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_late_send_is_counted_from_when_it_really_left(
+    redis_server: RedisServer,
+) -> None:
+    """A request that leaves 0.3 s after its slot (a busy node) moves that slot, so the
+    slot `limit` places later is a window after the real send, not after the slot."""
+    budget, client = budget_for(redis_server.url, KEY, RATE, HEADROOM)
+    try:
+        first = await budget.acquire(KEY, ENDPOINT)
+        assert isinstance(first, ReportedStamp)
+        first[0] = time.monotonic() + 0.3  # as the HTTP client's tracing does, late
+        first.on_sent(first[0])
+        await eventually(lambda: budget.late_sends == 1 and not budget.reporting, timeout=5)
+        waits = [await budget.reserve(KEY, ENDPOINT) for _ in range(int(RATE))]
+        # Nine more slots one interval apart (0.105 ... 0.945 s). Counted at its slot, the
+        # late send would let the next one come at 1.05 s (one interval on); counted
+        # from 0.3 s it is not the oldest of the ten any more, and the next slot waits
+        # for a window after the oldest that is (0.105 + 1.0 s).
+        assert waits[8] <= 0.95
+        assert waits[9] - waits[8] >= 0.15
     finally:
         await client.aclose()
 

@@ -166,3 +166,23 @@ def test_consecutive_updates_of_a_user_merge_as_iterable_merges_them() -> None:
     assert merged.originals == [first, second] and lanes.items == 0
     assert isinstance(merged.item, UserUpdate)
     assert merged.item.dataFields == {"plan": "pro", "prefs": {"a": 1, "b": 2}, "city": "Oslo"}
+
+
+def test_drop_takes_out_only_the_doomed_items_and_lets_held_lanes_go() -> None:
+    lanes = Lanes()
+    caps = BatchCaps(100, 100_000)
+    kept, doomed = event("a@x.io", 1), event("b@x.io", 1)
+    kept.seq, doomed.seq = 1, 2
+    change_item = UpdateEmail(currentEmail="c@x.io", newEmail="a@x.io")
+    change = Queued(identity_of(change_item), CHANGE, change_item, msgspec.json.encode(change_item))
+    change.seq = 2
+    for queued in (change, kept, doomed):
+        lanes.put(queued)
+    assert lanes.take_batch(TRACK, caps) == [doomed]  # a@x.io is held by the change
+    lanes.settle({doomed.user}, back=[doomed])
+    dropped = lanes.drop(lambda queued: queued.seq == 2)
+    assert {id(q) for q in dropped} == {id(doomed), id(change)}
+    assert (lanes.items, lanes.bytes) == (1, len(kept.encoded))
+    # The change that held a@x.io's lane is gone: its event goes now.
+    assert lanes.take_batch(TRACK, caps) == [kept]
+    assert lanes.take_batch(CHANGE, caps) == []
