@@ -14,13 +14,14 @@ import argparse
 import asyncio
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.bodies import identify_bodies, make_bodies
+from bench.clients import JSON, ClientTally, post_until
 from bench.cluster_procs import (
     Proc,
     cpu_seconds,
@@ -30,7 +31,7 @@ from bench.cluster_procs import (
     start_redis,
     start_simulator,
 )
-from bench.load import JSON, wait_ready
+from bench.load import wait_ready
 from bench.report import write_result
 
 
@@ -88,14 +89,6 @@ bulk_update_per_second = {s.update_rate}
 """
 
 
-@dataclass
-class Tally:
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
-    events_accepted: int = 0
-    errors: int = 0
-
-
 async def sim_events(session: aiohttp.ClientSession, sim_url: str) -> dict[str, Any]:
     async with session.get(f"{sim_url}/_sim/stats") as response:
         stats: dict[str, Any] = await response.json()
@@ -137,7 +130,7 @@ async def drive(
     s: ClusterScenario, urls: list[str], admin: str, sim_url: str, procs: list[Proc]
 ) -> dict[str, Any]:
     bodies = make_bodies(200, s.events_per_request, users=s.users, seed=7)
-    tally = Tally()
+    tally = ClientTally()
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=s.concurrency * 2),
         timeout=aiohttp.ClientTimeout(total=60),
@@ -166,31 +159,7 @@ async def drive(
         started = time.monotonic()
         stop_at = started + s.seconds
 
-        async def client(index: int) -> None:
-            n = index
-            while time.monotonic() < stop_at:
-                # New insert_ids every send: the nodes drop a repeated one.
-                body = bodies[n % len(bodies)].replace(b'"ins-', b'"r%09d-' % n)
-                url = urls[n % len(urls)]
-                n += s.concurrency
-                sent = time.perf_counter()
-                try:
-                    async with session.post(
-                        f"{url}/2/httpapi", data=body, headers=JSON
-                    ) as response:
-                        await response.read()
-                        status = response.status
-                except aiohttp.ClientError:
-                    tally.errors += 1
-                    continue
-                tally.latencies.append(time.perf_counter() - sent)
-                tally.statuses[status] = tally.statuses.get(status, 0) + 1
-                if status == 200:
-                    tally.events_accepted += s.events_per_request
-                elif status == 429:
-                    await asyncio.sleep(0.2)  # as an SDK would back off
-
-        await asyncio.gather(*(client(i) for i in range(s.concurrency)))
+        await post_until(session, urls, bodies, s.concurrency, s.events_per_request, stop_at, tally)
         elapsed = time.monotonic() - started
         after = await sim_events(session, sim_url)
         lag_at_end = await stream_lag(session, admin)

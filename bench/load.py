@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 
 from bench.bodies import identify_bodies, make_bodies
+from bench.clients import JSON, ClientTally, post_until
 from bench.report import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,14 +96,6 @@ max_queued_bytes = 2_000_000_000
 """
 
 
-@dataclass
-class ClientTally:
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
-    events_accepted: int = 0
-    errors: int = 0
-
-
 def memory_mb(pid: int, field: str = "VmRSS") -> float:
     """A memory figure of a process from /proc (VmRSS now, VmHWM the peak), in MB."""
     try:
@@ -164,30 +157,6 @@ async def drive(
         warmup_rss = memory_mb(pid)
         stop_at = time.monotonic() + s.seconds
 
-        async def client(index: int) -> None:
-            n = index
-            while time.monotonic() < stop_at:
-                # Each send is new events: the daemon drops a repeated insert_id (as
-                # Amplitude does), so the bodies' ids get this send's number.
-                body = bodies[n % len(bodies)].replace(b'"ins-', b'"r%09d-' % n)
-                n += s.concurrency
-                started = time.perf_counter()
-                try:
-                    async with session.post(
-                        f"{daemon_url}/2/httpapi", data=body, headers=JSON
-                    ) as response:
-                        await response.read()
-                        status = response.status
-                except aiohttp.ClientError:
-                    tally.errors += 1
-                    continue
-                tally.latencies.append(time.perf_counter() - started)
-                tally.statuses[status] = tally.statuses.get(status, 0) + 1
-                if status == 200:
-                    tally.events_accepted += s.events_per_request
-                elif status == 429:
-                    await asyncio.sleep(0.2)  # as an SDK would back off
-
         async def monitor() -> None:
             nonlocal peak_queue
             started = time.monotonic()
@@ -208,7 +177,12 @@ async def drive(
 
         load_started = time.monotonic()
         before = await fetch_metrics(session, admin_url)
-        await asyncio.gather(monitor(), *(client(i) for i in range(s.concurrency)))
+        await asyncio.gather(
+            monitor(),
+            post_until(
+                session, [daemon_url], bodies, s.concurrency, s.events_per_request, stop_at, tally
+            ),
+        )
         elapsed = time.monotonic() - load_started
         after = await fetch_metrics(session, admin_url)
         async with session.get(f"{sim_url}/_sim/stats") as response:
@@ -255,7 +229,6 @@ async def drive(
     }
 
 
-JSON = {"Content-Type": "application/json"}
 DELIVERED = 'forwarder_sync_items_forwarded_total{endpoint="events/trackBulk",sync="bench"}'
 
 
