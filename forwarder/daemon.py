@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -16,11 +14,11 @@ from forwarder.config import Config, config_warnings
 from forwarder.deliver.rate import RateGates
 from forwarder.deliver.sync import SyncDelivery
 from forwarder.errors import ForwarderError, ListenError, StorageLocked
-from forwarder.ingest.app import STATE_KEY, build_app
-from forwarder.ingest.connections import GuardedAppRunner, raise_file_limit
+from forwarder.ingest.app import build_app
 from forwarder.ingest.intake import Intake
 from forwarder.ops import systemd
-from forwarder.ops.admin import build_admin_app, serve_admin
+from forwarder.ops.admin import build_admin_app
+from forwarder.ops.listeners import Listeners
 from forwarder.ops.logs import log_start
 from forwarder.pipeline import Pipeline
 from forwarder.reload import ConfigSource
@@ -111,31 +109,16 @@ async def serve(
     pipeline = await open_pipeline(config)
     if config_path is not None:
         pipeline.config_source = ConfigSource.at_start(config_path)
-    app = build_daemon_app(config, pipeline)
-    raise_file_limit(config.server.max_connections)
-    runner = GuardedAppRunner(
-        app,
+    listeners = await Listeners.open(
         config.server,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=config.server.shutdown_timeout_seconds,
+        build_daemon_app(config, pipeline),
+        lambda state: build_admin_app(pipeline, state),
     )
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
-    with _binding(config.server.listen):
-        await site.start()
-    state = app[STATE_KEY]
-    with _binding(config.server.admin_listen):
-        admin = await serve_admin(build_admin_app(pipeline, state), config.server)
-    watchdog: asyncio.Task[None] | None = None
-    interval = systemd.watchdog_interval()
-    if interval is not None:
-        watchdog = asyncio.create_task(systemd.watchdog_loop(interval), name="watchdog")
     # Serving before recovery, so /healthz answers and /readyz says "not yet".
     progress = systemd.StartupProgress()
     replayed = await pipeline.recover(progress.reading, progress.replaying)
     await pipeline.start()
-    state.ready = True
+    listeners.ready()
     progress.ready(f"listening on {config.server.listen}, {replayed} journal record(s) replayed")
     log.info(
         "listening on %s (admin %s) with %d sync(s)",
@@ -148,19 +131,11 @@ async def serve(
     await stop.wait()
     if reloader is not None:
         reloader.cancel()
-    # Readiness off and new ingest answered 429 (clients retry elsewhere or later) while
-    # the site stays up, so /readyz and /healthz still answer during the drain.
-    server = config.server
-    systemd.stopping(server.drain_timeout_seconds + server.shutdown_timeout_seconds)
+    listeners.stop_taking()
     log.info("draining: new requests get 429, queued items are flushed")
-    state.ready = False
-    state.accepting = False
     drained = await pipeline.drain(config.server.drain_timeout_seconds)
     left = await pipeline.stop()
-    await runner.cleanup()
-    await admin.cleanup()
-    if watchdog is not None:
-        watchdog.cancel()
+    await listeners.close()
     if drained:
         log.info("drained: everything accepted was delivered or dead-lettered")
     elif pipeline.log.durable:
@@ -168,15 +143,6 @@ async def serve(
     else:
         log.warning("drain timeout: %d item(s) lost (durability = memory)", left)
     return 0
-
-
-@contextlib.contextmanager
-def _binding(address: str) -> Iterator[None]:
-    """A failed bind (in use, no permission) as a ListenError naming the address."""
-    try:
-        yield
-    except OSError as error:
-        raise ListenError(address, error) from None
 
 
 def run(config: Config, config_path: str | None = None) -> int:

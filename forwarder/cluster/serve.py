@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
-
-from aiohttp import web
 
 from forwarder.cluster.node import ClusterNode
 from forwarder.config import Config
-from forwarder.errors import ListenError
-from forwarder.ingest.app import STATE_KEY, build_app
-from forwarder.ingest.connections import GuardedAppRunner, raise_file_limit
+from forwarder.ingest.app import build_app
 from forwarder.ops import systemd
-from forwarder.ops.admin import build_status_app, serve_admin
+from forwarder.ops.admin import build_status_app
+from forwarder.ops.listeners import Listeners
 from forwarder.reload import ConfigSource
 
 log = logging.getLogger("forwarder.daemon")
@@ -36,32 +31,17 @@ async def serve_cluster(
     if config_path is not None:
         node.config_source = ConfigSource.at_start(config_path)
     server = config.server
-    app = build_app(server, node.ingest)
-    raise_file_limit(server.max_connections)
-    runner = GuardedAppRunner(
-        app,
-        server,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=server.shutdown_timeout_seconds,
-    )
-    await runner.setup()
-    state = app[STATE_KEY]
     try:
-        with _binding(server.listen):
-            await web.TCPSite(runner, server.host, server.port, reuse_address=True).start()
-        with _binding(server.admin_listen):
-            admin = await serve_admin(build_status_app(node.snapshot, state), server)
+        listeners = await Listeners.open(
+            server,
+            build_app(server, node.ingest),
+            lambda state: build_status_app(node.snapshot, state),
+        )
     except BaseException:
-        await runner.cleanup()
         await node.stop()
         raise
-    watchdog: asyncio.Task[None] | None = None
-    interval = systemd.watchdog_interval()
-    if interval is not None:
-        watchdog = asyncio.create_task(systemd.watchdog_loop(interval), name="watchdog")
     await node.start()
-    state.ready = True
+    listeners.ready()
     systemd.StartupProgress().ready(f"cluster node {node.cluster.node} on {server.listen}")
     log.info(
         "listening on %s (admin %s) as cluster node %s with %d sync(s)",
@@ -75,16 +55,11 @@ async def serve_cluster(
     await stop.wait()
     if reloader is not None:
         reloader.cancel()
-    systemd.stopping(server.drain_timeout_seconds + server.shutdown_timeout_seconds)
+    listeners.stop_taking()
     log.info("draining: new requests get 429, fetched messages are delivered")
-    state.ready = False
-    state.accepting = False
     drained = await node.drain(server.drain_timeout_seconds)
     left = await node.stop()
-    await runner.cleanup()
-    await admin.cleanup()
-    if watchdog is not None:
-        watchdog.cancel()
+    await listeners.close()
     if drained:
         log.info("drained: every message fetched was delivered and acknowledged")
     else:
@@ -94,12 +69,3 @@ async def serve_cluster(
             left,
         )
     return 0
-
-
-@contextlib.contextmanager
-def _binding(address: str) -> Iterator[None]:
-    """A failed bind (in use, no permission) as a ListenError naming the address."""
-    try:
-        yield
-    except OSError as error:
-        raise ListenError(address, error) from None
