@@ -24,7 +24,7 @@ from forwarder.deliver.sync import SyncDelivery
 from forwarder.errors import ConfigError, StorageUnavailable
 from forwarder.ingest.amplitude import Event
 from forwarder.ingest.intake import Intake, Intaken, Routed, patches_of
-from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+from forwarder.ops.snapshot import Snapshot, sync_snapshot
 from forwarder.reload import ConfigSource, diff_configs, enabled_syncs, read_config_file
 from forwarder.store.dead_letters import DeadLetterFile, dead_letter_path
 from forwarder.store.health import StorageHealth
@@ -360,26 +360,12 @@ class Pipeline:
             replayed_records=self.replayed_records,
             log=self.log.stats() if self.log.durable else None,
             syncs=[
-                SyncSnapshot(
-                    name=delivery.name,
-                    enabled=delivery.sync.enabled,
-                    api_key=delivery.sync.api_key,
-                    endpoint_base=delivery.sync.endpoint_base,
-                    route=route,
-                    delivery=delivery.stats,
-                    caps=delivery.caps,
-                    queued_items=delivery.lanes.items,
-                    queued_bytes=delivery.lanes.bytes,
-                    paused=delivery.pause.reason,
-                    max_queued_items=delivery.sync.delivery.max_queued_items,
-                    max_queued_bytes=delivery.sync.delivery.max_queued_bytes,
+                sync_snapshot(
+                    delivery,
+                    self.intake.route_stats(delivery.name),
                     draining=delivery.name in self.fleet.draining,
-                    dead_letter_bytes=delivery.settlement.dead_letters.size(),
-                    dead_letter_max_bytes=delivery.settlement.dead_letters.max_bytes,
-                    dead_letter_at_cap=delivery.settlement.dead_letters.at_cap,
                 )
                 for delivery in self.fleet.every()
-                for route in (self.intake.route_stats(delivery.name),)
             ],
             disabled_syncs=[s.name for s in self.config.syncs if not s.enabled],
             profile_changes_refused=self.intake.totals.profile_changes_refused,

@@ -36,7 +36,7 @@ from forwarder.config import ClusterConfig, Config
 from forwarder.deliver.deliveries import Deliveries
 from forwarder.deliver.sync import SyncDelivery
 from forwarder.ingest.intake import Intake
-from forwarder.ops.snapshot import Snapshot, SyncSnapshot
+from forwarder.ops.snapshot import Snapshot, sync_snapshot
 from forwarder.reload import ConfigSource
 
 log = logging.getLogger("forwarder.cluster")
@@ -193,23 +193,7 @@ class ClusterNode:
             replayed_records=0,
             log=None,
             syncs=[
-                SyncSnapshot(
-                    name=delivery.name,
-                    enabled=delivery.sync.enabled,
-                    api_key=delivery.sync.api_key,
-                    endpoint_base=delivery.sync.endpoint_base,
-                    route=self.intake.route_stats(delivery.name),
-                    delivery=delivery.stats,
-                    caps=delivery.caps,
-                    queued_items=delivery.lanes.items,
-                    queued_bytes=delivery.lanes.bytes,
-                    paused=delivery.pause.reason,
-                    max_queued_items=delivery.sync.delivery.max_queued_items,
-                    max_queued_bytes=delivery.sync.delivery.max_queued_bytes,
-                    dead_letter_bytes=delivery.settlement.dead_letters.size(),
-                    dead_letter_max_bytes=delivery.settlement.dead_letters.max_bytes,
-                    dead_letter_at_cap=delivery.settlement.dead_letters.at_cap,
-                )
+                sync_snapshot(delivery, self.intake.route_stats(delivery.name))
                 for delivery in self.deliveries
             ],
             disabled_syncs=[s.name for s in self.config.syncs if not s.enabled],

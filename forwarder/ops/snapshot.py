@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forwarder.deliver.stats import DeliveryStats
+from forwarder.deliver.sync import SyncDelivery
 from forwarder.ingest.intake import RouteStats
 from forwarder.iterable import BatchCaps, Endpoint
 from forwarder.store.log import LogStats
@@ -78,3 +79,28 @@ class Snapshot:
     # Cluster mode's section of /status (this node, the nodes, each partition's owner
     # and lag, what this node's consumers did); None in embedded mode.
     cluster: dict[str, Any] | None = None
+
+
+def sync_snapshot(
+    delivery: SyncDelivery, route: RouteStats, draining: bool = False
+) -> SyncSnapshot:
+    """What the operations views see of one sync's delivery, and its routing counters."""
+    letters = delivery.settlement.dead_letters
+    return SyncSnapshot(
+        name=delivery.name,
+        enabled=delivery.sync.enabled,
+        api_key=delivery.sync.api_key,
+        endpoint_base=delivery.sync.endpoint_base,
+        route=route,
+        delivery=delivery.stats,
+        caps=delivery.caps,
+        queued_items=delivery.lanes.items,
+        queued_bytes=delivery.lanes.bytes,
+        paused=delivery.pause.reason,
+        max_queued_items=delivery.sync.delivery.max_queued_items,
+        max_queued_bytes=delivery.sync.delivery.max_queued_bytes,
+        draining=draining,
+        dead_letter_bytes=letters.size(),
+        dead_letter_max_bytes=letters.max_bytes,
+        dead_letter_at_cap=letters.at_cap,
+    )
