@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from forwarder.cluster.errors import ClusterUnavailable
+from forwarder.cluster.tasks import stop_task
 from forwarder.deliver.notices import Notices
 from forwarder.errors import scrub
 from forwarder.ingest.intake import Intake, Intaken
@@ -177,10 +178,8 @@ class AckTracker:
         self._task = asyncio.create_task(self._run(), name="cluster-acks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

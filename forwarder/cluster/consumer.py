@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError
 
 from forwarder.cluster.ack_tracker import AckTracker
 from forwarder.cluster.errors import ClusterUnavailable
+from forwarder.cluster.tasks import stop_task
 from forwarder.cluster.wire import BadBatch, decode_batch, subject_of
 from forwarder.config import ClusterConfig
 from forwarder.deliver.lanes import Queued
@@ -103,9 +104,7 @@ class PartitionConsumer:
     async def stop(self) -> None:
         """Stop fetching now (a message half processed is dropped with the partition)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
     # --- fetching --------------------------------------------------------------------
 

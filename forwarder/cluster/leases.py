@@ -37,6 +37,7 @@ from forwarder.cluster.buckets import (
 )
 from forwarder.cluster.share import plan, quota
 from forwarder.cluster.stream import ensure_buckets, lease_bucket, node_bucket
+from forwarder.cluster.tasks import stop_task
 from forwarder.config import ClusterConfig
 
 log = logging.getLogger("forwarder.cluster")
@@ -136,10 +137,8 @@ class Ownership:
         """Stop taking and renewing; every held partition is given up (on_lost). With
         `release` its lease is deleted too, and the node leaves the registry, so other
         nodes take over at their next round instead of after the lease runs out."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await asyncio.gather(*(stop_task(task) for task in tasks))
         held = dict(self._held)
         for partition in sorted(held):
             await self._lose(partition)

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from forwarder.cluster.consumer import consumer_name
 from forwarder.cluster.leases import Ownership
 from forwarder.cluster.status import cluster_section, lag_of
+from forwarder.cluster.tasks import stop_task
 from forwarder.config import ClusterConfig
 
 log = logging.getLogger("forwarder.cluster")
@@ -45,10 +46,8 @@ class StatusWatch:
         self._task = asyncio.create_task(self._run(), name="cluster-status")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
     async def _run(self) -> None:
         while True:

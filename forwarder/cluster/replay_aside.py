@@ -11,7 +11,6 @@ out: a letter may then come back after it was delivered (at worst twice), never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from forwarder.cluster.dead_letters import DeadLetterStoreUnavailable, cluster_dead_letters
+from forwarder.cluster.tasks import stop_task
 from forwarder.config import Config
 
 log = logging.getLogger("forwarder.replay")
@@ -101,11 +101,8 @@ class Heartbeat:
 
     async def stop(self) -> None:
         """Stop renewing; the key goes with the emptied aside (or runs out with it)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task)
 
 
 async def restore_expired(config: Config, redis: Redis) -> int:

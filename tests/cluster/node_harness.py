@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from forwarder.cluster.node import ClusterNode
+from forwarder.cluster.tasks import stop_task
 from forwarder.config import Config, parse_config
 from forwarder.ingest.app import STATE_KEY, build_app
 from forwarder.ops.admin import build_status_app
@@ -100,9 +101,7 @@ class NodeInProcess:
         profile flushed, nothing acknowledged from now on, the connections dropped."""
         node = self.node
         tasks = [*node.ownership._tasks]  # the lease rounds: no renewal, no release
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(stop_task(task) for task in tasks))
         await node.tracker.stop()
         for consumer in list(node.partitions.consumers.values()):
             await consumer.stop()
