@@ -31,7 +31,7 @@ from bench.cluster_procs import (
     start_redis,
     start_simulator,
 )
-from bench.load import wait_ready
+from bench.load import bench_sync, wait_ready
 from bench.report import write_result
 
 
@@ -66,27 +66,7 @@ redis_url = "{urls["redis"]}"
 node = "{name}"
 partitions = {s.partitions}
 
-[[syncs]]
-name = "bench"
-api_key = "bench-iterable-key"
-base_url = "{urls["simulator"]}"
-
-[syncs.mappings]
-campaign_id = "event_properties.campaign_id"
-template_id = "event_properties.template_id"
-
-[syncs.events]
-select = ["*"]
-event_properties = ["price", "sku"]
-user_properties = ["plan"]
-
-[syncs.users]
-user_properties = ["plan", "city"]
-
-[syncs.limits]
-track_bulk_per_second = {s.track_rate}
-bulk_update_per_second = {s.update_rate}
-"""
+{bench_sync(urls["simulator"], s.track_rate, s.update_rate)}"""
 
 
 async def sim_events(session: aiohttp.ClientSession, sim_url: str) -> dict[str, Any]:

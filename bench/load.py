@@ -53,24 +53,12 @@ class Scenario:
     name: str = "load"
 
 
-def daemon_config(
-    s: Scenario, listen_port: int, sim_port: int, storage: Path, admin_port: int
-) -> str:
-    return f"""
-[server]
-listen = "127.0.0.1:{listen_port}"
-admin_listen = "127.0.0.1:{admin_port}"
-api_keys = ["bench-key"]
-drain_timeout_seconds = 10
-
-[storage]
-path = "{storage}"
-durability = "{s.durability}"
-
-[[syncs]]
+def bench_sync(base_url: str, track_rate: float, update_rate: float) -> str:
+    """The sync every bench daemon runs (its [syncs.limits] table left open for more)."""
+    return f"""[[syncs]]
 name = "bench"
 api_key = "bench-iterable-key"
-base_url = "http://127.0.0.1:{sim_port}"
+base_url = "{base_url}"
 
 [syncs.mappings]
 campaign_id = "event_properties.campaign_id"
@@ -85,9 +73,26 @@ user_properties = ["plan"]
 user_properties = ["plan", "city"]
 
 [syncs.limits]
-track_bulk_per_second = {s.track_rate}
-bulk_update_per_second = {s.update_rate}
-max_events_per_request = {s.max_events_per_request}
+track_bulk_per_second = {track_rate}
+bulk_update_per_second = {update_rate}
+"""
+
+
+def daemon_config(
+    s: Scenario, listen_port: int, sim_port: int, storage: Path, admin_port: int
+) -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:{listen_port}"
+admin_listen = "127.0.0.1:{admin_port}"
+api_keys = ["bench-key"]
+drain_timeout_seconds = 10
+
+[storage]
+path = "{storage}"
+durability = "{s.durability}"
+
+{bench_sync(f"http://127.0.0.1:{sim_port}", s.track_rate, s.update_rate)}max_events_per_request = {s.max_events_per_request}
 max_users_per_request = {s.max_users_per_request}
 
 [syncs.delivery]
